@@ -1,0 +1,88 @@
+"""Sensor backends: where readings physically come from.
+
+Like gpiozero's pin factories, a backend is chosen once at start and the rest
+of the agent never asks which one it has. The hardware backend talks to the
+Pi's GPIO, DHT sensors and sysfs; the mock backend is its peer for laptops and
+tests: gpiozero's own MockFactory pins driven on a simulated schedule,
+simulated DHT sensors that drift and fail like real ones, and a simulated
+CPU temperature where sysfs has none.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+from ...config.model import SensorConfig
+
+log = logging.getLogger("sensor_edge.agent.backend")
+
+PI_MODEL_FILE = "/proc/device-tree/model"
+CPU_TEMPERATURE_FILE = "/sys/class/thermal/thermal_zone0/temp"
+
+
+class DHTDevice(Protocol):
+    """What adafruit_dht.DHT11/DHT22 offer, and what the simulated ones imitate."""
+
+    @property
+    def temperature(self) -> float | None: ...
+
+    @property
+    def humidity(self) -> float | None: ...
+
+    def exit(self) -> None: ...
+
+
+class Backend(ABC):
+    name: str
+    # gpiozero's pin factory for digital inputs; None means gpiozero's default
+    # (GPIOZERO_PIN_FACTORY, or the best one it finds on the board).
+    pin_factory: Any = None
+
+    @abstractmethod
+    def dht(self, sensor: SensorConfig) -> DHTDevice:
+        """An open DHT11/DHT22 on the sensor's pin."""
+
+    @abstractmethod
+    def cpu_temperature(self) -> float:
+        """The SoC temperature in C; raises OSError or ValueError when unreadable."""
+
+    def digital_input(self, sensor: SensorConfig) -> Any:
+        """A gpiozero MotionSensor or Button on this backend's pin factory."""
+        from gpiozero import Button, MotionSensor
+
+        if sensor.type == "motion":
+            return MotionSensor(sensor.pin, pin_factory=self.pin_factory)
+        return Button(sensor.pin, pin_factory=self.pin_factory)
+
+    def start(self) -> None:
+        """Begin any background activity (the mock's simulated world)."""
+
+    def close(self) -> None:
+        """Release what start() and the devices took."""
+
+
+def is_raspberry_pi(model_file: str = PI_MODEL_FILE) -> bool:
+    try:
+        with open(model_file, "rb") as f:
+            return b"Raspberry Pi" in f.read()
+    except OSError:
+        return False
+
+
+def choose_backend(name: str) -> Backend:
+    """The backend a config's `backend` names; `auto` means hardware on a Pi."""
+    if name == "auto":
+        name = "hardware" if is_raspberry_pi() else "mock"
+        log.info("backend: auto chose %s (%s)", name,
+                 "a Raspberry Pi" if name == "hardware" else "not a Raspberry Pi")
+    else:
+        log.info("backend: %s", name)
+    if name == "hardware":
+        from .hardware import HardwareBackend
+
+        return HardwareBackend()
+    from .mock import MockBackend
+
+    return MockBackend()

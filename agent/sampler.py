@@ -1,0 +1,114 @@
+"""Reads every sensor on its own schedule and hands the samples on.
+
+Blocking reads run on a small thread pool; digital edges arrive on
+gpiozero's threads and reach the event loop through call_soon_threadsafe.
+A DHT is never read sooner than its floor after the previous read, failed
+or not; a failing sensor is retried at the floor, counted and logged, and
+never stops the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..config.model import READ_FLOORS
+from .sensors import DigitalSensor, Sample, Sensor, SensorReadError
+
+log = logging.getLogger("sensor_edge.agent.sampler")
+
+# Without a physical floor (CPU temperature, a heartbeat), retry this soon.
+DEFAULT_RETRY = 1.0
+# Log a sensor that keeps failing at these consecutive-failure counts, then every 1000th.
+LOUD_FAILURES = (1, 10, 100)
+
+
+@dataclass
+class SensorStats:
+    good: int = 0
+    failed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    last_error: str | None = None
+
+    def as_json(self) -> dict:
+        return {"good": self.good, "failed": self.failed, "failures": dict(self.failures),
+                "last_error": self.last_error}
+
+
+class Sampler:
+    def __init__(self, sensors: list[Sensor], emit: Callable[[list[Sample]], None]):
+        self.sensors = sensors
+        self.stats = {s.name: SensorStats() for s in sensors}
+        self._emit = emit
+        self._executor = ThreadPoolExecutor(2, thread_name_prefix="sensor-read")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sensor in self.sensors:
+            if isinstance(sensor, DigitalSensor):
+                sensor.on_edge(lambda sample, s=sensor: loop.call_soon_threadsafe(
+                    self._edge, s, sample))
+            if sensor.config.interval is not None:
+                self._tasks.append(asyncio.create_task(self._poll(sensor), name=sensor.name))
+
+    def _edge(self, sensor: Sensor, sample: Sample) -> None:
+        self.stats[sensor.name].good += 1
+        self._emit([sample])
+
+    async def _poll(self, sensor: Sensor) -> None:
+        loop = asyncio.get_running_loop()
+        interval = sensor.config.interval
+        floor = READ_FLOORS.get(sensor.config.type, 0.0)
+        stats = self.stats[sensor.name]
+        next_read = loop.time()
+        while True:
+            await asyncio.sleep(max(0.0, next_read - loop.time()))
+            started = loop.time()
+            try:
+                samples = await loop.run_in_executor(self._executor, sensor.read)
+            except SensorReadError as e:
+                self._failed(sensor, stats, e.kind, str(e))
+                # Retry soon, but never sooner than the floor after this read began.
+                next_read = started + max(floor, min(interval, DEFAULT_RETRY))
+                continue
+            except Exception as e:  # a driver bug must not take the agent down
+                self._failed(sensor, stats, "error", f"{type(e).__name__}: {e}")
+                next_read = started + max(floor, interval)
+                continue
+            if stats.consecutive_failures >= LOUD_FAILURES[1]:
+                log.info("sensor %s reads again after %d failures", sensor.name,
+                         stats.consecutive_failures)
+            stats.good += 1
+            stats.consecutive_failures = 0
+            self._emit(samples)
+            # Keep the cadence, but never fall behind by more than one interval.
+            next_read = max(next_read + interval, started + floor, loop.time() - interval)
+
+    def _failed(self, sensor: Sensor, stats: SensorStats, kind: str, message: str) -> None:
+        stats.failed += 1
+        stats.failures[kind] = stats.failures.get(kind, 0) + 1
+        stats.consecutive_failures += 1
+        stats.last_error = message
+        n = stats.consecutive_failures
+        if n in LOUD_FAILURES or n % 1000 == 0:
+            level = logging.DEBUG if n == 1 else logging.WARNING
+            log.log(level, "sensor %s: read failed (%s)%s", sensor.name, message,
+                    "" if n == 1 else f"; {n} failures in a row")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        # A read in progress finishes on its thread; then the devices are released.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        for sensor in self.sensors:
+            try:
+                sensor.close()
+            except Exception as e:
+                log.warning("sensor %s: could not release it cleanly: %s", sensor.name, e)

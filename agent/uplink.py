@@ -1,0 +1,225 @@
+"""Delivers the buffer to the collector over a WebSocket, forever.
+
+hello -> welcome (skip what the collector has) -> stream batches from the
+buffer with a window of unacknowledged batches -> each ack deletes from the
+buffer. When the link is idle a new reading goes out at once; with a backlog,
+batches fill up. Any failure: reconnect with capped exponential backoff and
+jitter. On stop: send what can be sent in the time left, wait for its acks,
+say bye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from ..server import protocol
+from ..server.protocol import Ack, Bye, Error, Hello, ProtocolError, Readings, Welcome
+from .buffer import Buffer
+
+log = logging.getLogger("sensor_edge.agent.uplink")
+
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 30.0
+WELCOME_TIMEOUT = 10.0
+_JITTER = random.Random()
+
+
+def backoff_delay(failures: int, rng: random.Random = _JITTER) -> float:
+    """Capped exponential backoff with jitter, so a restarted collector isn't stampeded."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(failures, 16))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class Uplink:
+    def __init__(self, *, agent_id: str, urls: tuple[str, ...], token: str, version: str,
+                 buffer: Buffer, on_buffer: Callable[..., Awaitable[Any]],
+                 batch_size: int, window: int, status: Callable[[], dict] | None = None):
+        self.agent_id = agent_id
+        self.urls = urls
+        self.token = token
+        self.version = version
+        self.buffer = buffer
+        self._on_buffer = on_buffer  # runs a Buffer method on the buffer's thread
+        self.batch_size = batch_size
+        self.window = window
+        self.connected = False
+        self.sent = 0
+        self.acked_seq = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._flush_deadline = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        """New readings are in the buffer."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="uplink")
+
+    async def stop(self, flush_seconds: float) -> None:
+        """Flush for up to ``flush_seconds``, say bye, close."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._flush_deadline = time.monotonic() + flush_seconds
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), flush_seconds + 1.0)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        failures = 0
+        index = 0
+        while not self._stopping:
+            url = self.urls[index % len(self.urls)]
+            try:
+                await self._session(url)
+                failures = 0
+            except InvalidStatus as e:
+                status = e.response.status_code
+                if status == 401:
+                    log.error("collector %s refused this agent's token (HTTP 401): check "
+                              "collector.token here and the agent's entry there", url)
+                else:
+                    log.warning("collector %s answered HTTP %d to the handshake", url, status)
+                failures += 1
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, ProtocolError) as e:
+                level = logging.WARNING if failures == 0 else logging.DEBUG
+                log.log(level, "cannot reach collector %s: %s", url, _describe(e))
+                failures += 1
+            finally:
+                self.connected = False
+            if self._stopping:
+                break
+            index += 1
+            delay = backoff_delay(failures)
+            if failures and failures % 10 == 0:
+                log.warning("still cannot reach the collector after %d tries; readings wait "
+                            "in the buffer (%d)", failures, self.buffer.last_seq - self.acked_seq)
+            try:
+                await asyncio.wait_for(self._stop_requested(), delay)
+            except TimeoutError:
+                pass
+
+    async def _stop_requested(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _session(self, url: str) -> None:
+        async with connect(
+            url,
+            additional_headers={"Authorization": f"Bearer {self.token}"},
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
+            compression=None,
+            max_size=protocol.MAX_FRAME_LIMIT,
+            user_agent_header=f"sensor-agent/{self.version}",
+        ) as ws:
+            await ws.send(protocol.encode(Hello(self.agent_id, self.buffer.epoch, self.version,
+                                                time=time.time())))
+            reply = protocol.parse_collector_message(
+                await asyncio.wait_for(ws.recv(), WELCOME_TIMEOUT))
+            if isinstance(reply, Error):
+                raise ProtocolError(reply.error, reply.detail, protocol.CloseCode.POLICY_VIOLATION)
+            if not isinstance(reply, Welcome):
+                raise ProtocolError("unexpected", "expected welcome", protocol.CloseCode.POLICY_VIOLATION)
+            await self._on_buffer(self.buffer.reconcile, reply.acked)
+            self.acked_seq = reply.acked
+            self.connected = True
+            log.info("connected to %s; it holds up to seq %d, %d to send", url, reply.acked,
+                     max(0, self.buffer.last_seq - reply.acked))
+            in_flight: deque[int] = deque()
+            receiver = asyncio.create_task(self._receive(ws, in_flight))
+            try:
+                await self._send(ws, reply.acked, in_flight, receiver)
+                if self._stopping:
+                    await self._say_bye(ws, in_flight, receiver)
+            finally:
+                receiver.cancel()
+                await asyncio.gather(receiver, return_exceptions=True)
+
+    async def _send(self, ws: ClientConnection, sent_upto: int, in_flight: deque[int],
+                    receiver: asyncio.Task[None]) -> None:
+        while not receiver.done():
+            if self._stopping and time.monotonic() >= self._flush_deadline:
+                return
+            self._wake.clear()
+            if len(in_flight) >= self.window:
+                await self._wait(receiver)
+                continue
+            rows = await self._on_buffer(self.buffer.after, sent_upto, self.batch_size)
+            if not rows:
+                if self._stopping:
+                    return
+                await self._wait(receiver)
+                continue
+            await ws.send(protocol.encode(Readings(rows)))
+            sent_upto = rows[-1][0]
+            in_flight.append(sent_upto)
+            self.sent += len(rows)
+        # The receiver ended: the connection is gone; say why.
+        receiver.result()
+
+    async def _wait(self, receiver: asyncio.Task[None]) -> None:
+        waiter = asyncio.ensure_future(self._wake.wait())
+        timeout = None
+        if self._stopping:
+            timeout = max(0.0, self._flush_deadline - time.monotonic())
+        await asyncio.wait({waiter, receiver}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    async def _receive(self, ws: ClientConnection, in_flight: deque[int]) -> None:
+        async for frame in ws:
+            message = protocol.parse_collector_message(frame)
+            if isinstance(message, Ack):
+                await self._on_buffer(self.buffer.acknowledged, message.seq)
+                self.acked_seq = max(self.acked_seq, message.seq)
+                while in_flight and in_flight[0] <= message.seq:
+                    in_flight.popleft()
+                self._wake.set()
+            elif isinstance(message, Error):
+                log.error("collector refused our data: %s: %s", message.error, message.detail)
+        raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
+
+    async def _say_bye(self, ws: ClientConnection, in_flight: deque[int],
+                       receiver: asyncio.Task[None]) -> None:
+        while in_flight and not receiver.done() and time.monotonic() < self._flush_deadline:
+            self._wake.clear()
+            await self._wait(receiver)
+        if receiver.done():
+            return
+        await ws.send(protocol.encode(Bye()))
+        try:
+            await asyncio.wait_for(ws.wait_closed(),
+                                   max(0.2, self._flush_deadline - time.monotonic()))
+        except TimeoutError:
+            pass
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ConnectionClosed):
+        rcvd = error.rcvd
+        if rcvd is not None:
+            return f"connection closed by the collector ({rcvd.code} {rcvd.reason})".strip()
+        return "connection lost"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return str(error) or type(error).__name__

@@ -1,0 +1,13 @@
+"""How both programs are set up: config files, logging, the service manager."""
+
+from .loader import ConfigError, load_agent_config, load_collector_config
+from .model import AgentConfig, CollectorConfig, SensorConfig
+
+__all__ = [
+    "AgentConfig",
+    "CollectorConfig",
+    "ConfigError",
+    "SensorConfig",
+    "load_agent_config",
+    "load_collector_config",
+]

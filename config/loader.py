@@ -1,0 +1,360 @@
+"""One YAML loader for both programs.
+
+Every error is a :class:`ConfigError` whose message is one line naming the
+file, the line and the key, e.g.::
+
+    agent.yaml:12: sensors[1].interval: expected seconds (a number or "5s"), got 'soon'
+
+Unknown keys are errors: in a hand-written file they are nearly always typos.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from .model import (
+    BACKENDS,
+    DEFAULT_POLL_INTERVAL,
+    DIGITAL_TYPES,
+    POLLED_TYPES,
+    READ_FLOORS,
+    SENSOR_TYPES,
+    AgentConfig,
+    AgentCredential,
+    CollectorConfig,
+    Limits,
+    SensorConfig,
+)
+
+# Agent and sensor names end up in URLs, MQTT topics and metric labels.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """An operator mistake in a config file; ``str()`` is the one-line message."""
+
+
+class _Value:
+    """A YAML node with where it came from, so any error can name its line."""
+
+    def __init__(self, source: str, node: yaml.Node, path: str, loader: yaml.SafeLoader):
+        self.source = source
+        self.node = node
+        self.path = path
+        self._loader = loader
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}:{self.line}: {self.path}: {message}")
+
+    def _scalar(self) -> Any:
+        if not isinstance(self.node, yaml.ScalarNode):
+            raise self.error(f"expected a single value, got a {_kind(self.node)}")
+        return self._loader.construct_object(self.node)
+
+    def string(self) -> str:
+        value = self._scalar()
+        if not isinstance(value, str) or not value:
+            raise self.error(f"expected a non-empty string, got {value!r}")
+        return value
+
+    def name(self) -> str:
+        value = self.string()
+        if not NAME_PATTERN.match(value):
+            raise self.error(
+                f"{value!r} is not a valid name (letters, digits, '.', '_', '-'; at most 64)"
+            )
+        return value
+
+    def integer(self, low: int | None = None, high: int | None = None) -> int:
+        value = self._scalar()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"expected a whole number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.error(f"{value} is out of range {low}..{high}")
+        return value
+
+    def seconds(self) -> float:
+        """A duration: a number of seconds, or a string like "500ms", "5s", "2m", "1h"."""
+        value = self._scalar()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value)):
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        else:
+            raise self.error(f'expected seconds (a number or "5s"), got {value!r}')
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise self.error(f"expected a positive number of seconds, got {value!r}")
+        return seconds
+
+    def choice(self, options: tuple[str, ...]) -> str:
+        value = self._scalar()
+        if value not in options:
+            raise self.error(f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def items(self) -> list[_Value]:
+        if not isinstance(self.node, yaml.SequenceNode):
+            raise self.error(f"expected a list, got a {_kind(self.node)}")
+        return [
+            _Value(self.source, child, f"{self.path}[{i}]", self._loader)
+            for i, child in enumerate(self.node.value)
+        ]
+
+    def section(self) -> _Section:
+        return _Section(self)
+
+
+class _Section:
+    """A YAML mapping whose keys are taken one by one; leftovers are typos."""
+
+    def __init__(self, value: _Value):
+        self.value = value
+        if not isinstance(value.node, yaml.MappingNode):
+            raise value.error(f"expected a mapping of keys, got a {_kind(value.node)}")
+        self._children: dict[str, _Value] = {}
+        for key_node, child in value.node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            path = f"{value.path}.{key}" if value.path else str(key)
+            if not isinstance(key, str):
+                raise ConfigError(
+                    f"{value.source}:{key_node.start_mark.line + 1}: {value.path or 'top level'}: "
+                    "keys must be plain names"
+                )
+            if key in self._children:
+                raise ConfigError(
+                    f"{value.source}:{key_node.start_mark.line + 1}: {path}: duplicate key"
+                )
+            self._children[key] = _Value(value.source, child, path, value._loader)
+        self._taken: set[str] = set()
+
+    def get(self, key: str) -> _Value | None:
+        self._taken.add(key)
+        child = self._children.get(key)
+        if child is not None and _is_null(child.node):
+            return None
+        return child
+
+    def take(self, key: str, read: Callable[[_Value], Any], default: Any) -> Any:
+        child = self.get(key)
+        return default if child is None else read(child)
+
+    def require(self, key: str, read: Callable[[_Value], Any]) -> Any:
+        child = self.get(key)
+        if child is None:
+            where = self.value.path or "top level"
+            raise ConfigError(
+                f"{self.value.source}:{self.value.line}: {where}: missing required key '{key}'"
+            )
+        return read(child)
+
+    def finish(self) -> None:
+        for key, child in self._children.items():
+            if key not in self._taken:
+                parent = f" in {self.value.path}" if self.value.path else ""
+                raise ConfigError(
+                    f"{child.source}:{child.node.start_mark.line + 1}: {child.path}: "
+                    f"unknown key{parent} (a typo?)"
+                )
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    return "value"
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _read_root(path: str) -> _Section:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if node is None:
+        raise ConfigError(f"{path}:1: the config file is empty")
+    return _Value(path, node, "", loader).section()
+
+
+def _url(value: _Value) -> str:
+    url = value.string()
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise value.error(f"expected a ws:// or wss:// URL, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise value.error(f"bad port in {url!r}") from None
+    return url
+
+
+def load_collector_config(path: str) -> CollectorConfig:
+    """Read and check a collector config file."""
+    root = _read_root(path)
+    host, port = "0.0.0.0", CollectorConfig.port
+    listen = root.get("listen")
+    if listen is not None:
+        section = listen.section()
+        host = section.take("host", _Value.string, host)
+        port = section.take("port", lambda v: v.integer(0, 65535), port)
+        section.finish()
+
+    storage = root.take("storage", _Value.string, CollectorConfig.storage)
+    if "://" in storage and not storage.startswith(("postgresql://", "postgres://")):
+        raise root.get("storage").error(
+            f"expected a SQLite file path or postgresql://user@host/db, got {storage!r}"
+        )
+
+    agents: list[AgentCredential] = []
+    seen_ids: set[str] = set()
+    seen_tokens: set[str] = set()
+    agents_value = root.get("agents")
+    for item in agents_value.items() if agents_value is not None else []:
+        entry = item.section()
+        agent_id = entry.require("id", _Value.name)
+        token_value = entry.get("token")
+        if token_value is None:
+            raise item.error("each agent needs a 'token'")
+        token = token_value.string()
+        entry.finish()
+        if agent_id in seen_ids:
+            raise item.error(f"agent id {agent_id!r} is listed twice")
+        if token in seen_tokens:
+            # Never echo the token itself: error messages end up in logs.
+            raise token_value.error("this token is already given to another agent")
+        seen_ids.add(agent_id)
+        seen_tokens.add(token)
+        agents.append(AgentCredential(agent_id, token))
+
+    limits = Limits()
+    limits_value = root.get("limits")
+    if limits_value is not None:
+        section = limits_value.section()
+        limits = Limits(
+            # The contract: accept at least 256 KiB and 1,000 readings, refuse 2 MiB and 100,000.
+            max_frame_bytes=section.take(
+                "max_frame_bytes",
+                lambda v: v.integer(256 * 1024, 2 * 1024 * 1024 - 1),
+                limits.max_frame_bytes,
+            ),
+            max_batch_readings=section.take(
+                "max_batch_readings", lambda v: v.integer(1000, 99_999), limits.max_batch_readings
+            ),
+        )
+        section.finish()
+    root.finish()
+    return CollectorConfig(
+        source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits
+    )
+
+
+def load_agent_config(path: str) -> AgentConfig:
+    """Read and check an agent config file."""
+    root = _read_root(path)
+    warnings: list[str] = []
+
+    agent = root.require("agent", _Value.section)
+    agent_id = agent.require("id", _Value.name)
+    agent.finish()
+
+    collector = root.require("collector", _Value.section)
+    url = collector.get("url")
+    if url is None:
+        raise collector.value.error("missing required key 'url'")
+    urls = (_url(url),)
+    token = collector.require("token", _Value.string)
+    collector.finish()
+
+    buffer_path, max_buffered = AgentConfig.buffer_path, AgentConfig.max_buffered
+    buffer = root.get("buffer")
+    if buffer is not None:
+        section = buffer.section()
+        buffer_path = section.take("path", _Value.string, buffer_path)
+        max_buffered = section.take("max_readings", lambda v: v.integer(1, None), max_buffered)
+        section.finish()
+
+    backend = root.take("backend", lambda v: v.choice(BACKENDS), "auto")
+
+    sensors: list[SensorConfig] = []
+    names: set[str] = set()
+    pins: dict[int, str] = {}
+    sensors_value = root.get("sensors")
+    for item in sensors_value.items() if sensors_value is not None else []:
+        sensor = _sensor(item, warnings)
+        if sensor.name in names:
+            raise item.error(f"sensor name {sensor.name!r} is used twice")
+        if sensor.pin is not None and sensor.pin in pins:
+            raise item.error(f"pin {sensor.pin} is already used by sensor {pins[sensor.pin]!r}")
+        names.add(sensor.name)
+        if sensor.pin is not None:
+            pins[sensor.pin] = sensor.name
+        sensors.append(sensor)
+    root.finish()
+    return AgentConfig(
+        source=path,
+        agent_id=agent_id,
+        urls=urls,
+        token=token,
+        buffer_path=buffer_path,
+        max_buffered=max_buffered,
+        backend=backend,
+        sensors=tuple(sensors),
+        warnings=tuple(warnings),
+    )
+
+
+def _sensor(item: _Value, warnings: list[str]) -> SensorConfig:
+    section = item.section()
+    name = section.require("name", _Value.name)
+    kind = section.require("type", lambda v: v.choice(SENSOR_TYPES))
+    pin_value = section.get("pin")
+    if kind == "cpu_temperature":
+        if pin_value is not None:
+            raise pin_value.error("cpu_temperature has no pin")
+        pin = None
+    else:
+        if pin_value is None:
+            raise item.error(f"a {kind} sensor needs a 'pin' (its BCM GPIO number)")
+        pin = pin_value.integer(0, 27)
+
+    interval_value = section.get("interval")
+    interval = interval_value.seconds() if interval_value is not None else None
+    if interval is None and kind in POLLED_TYPES:
+        interval = DEFAULT_POLL_INTERVAL
+    floor = READ_FLOORS.get(kind)
+    if floor is not None and interval is not None and interval < floor:
+        warnings.append(
+            f"{item.source}:{interval_value.line}: {interval_value.path}: "
+            f"{interval:g} s is faster than a {kind} can be read; using {floor:g} s"
+        )
+        interval = floor
+    section.finish()
+    assert kind in POLLED_TYPES or kind in DIGITAL_TYPES
+    return SensorConfig(name=name, type=kind, pin=pin, interval=interval)

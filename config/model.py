@@ -1,0 +1,81 @@
+"""Typed, immutable configuration of both programs.
+
+Built once by :mod:`sensor_edge.config.loader`; the rest of the code never
+sees raw YAML. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 8765
+DEFAULT_COLLECTOR_STORAGE = "/var/lib/sensor-collector/readings.db"
+DEFAULT_AGENT_BUFFER = "/var/lib/sensor-agent/buffer.db"
+DEFAULT_MAX_BUFFERED = 1_000_000
+DEFAULT_POLL_INTERVAL = 10.0
+
+# A DHT sensor needs this long between reads or it answers with stale data.
+READ_FLOORS = {"dht22": 2.0, "dht11": 1.0}
+POLLED_TYPES = ("dht11", "dht22", "cpu_temperature")
+DIGITAL_TYPES = ("motion", "button")
+SENSOR_TYPES = POLLED_TYPES + DIGITAL_TYPES
+BACKENDS = ("auto", "hardware", "mock")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one agent connection may send (defaults within the contract's bounds)."""
+
+    max_frame_bytes: int = 1024 * 1024
+    max_batch_readings: int = 10_000
+
+
+@dataclass(frozen=True)
+class AgentCredential:
+    id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    source: str
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    storage: str = DEFAULT_COLLECTOR_STORAGE
+    agents: tuple[AgentCredential, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    # How long a batch may wait for others to share its commit.
+    commit_delay: float = 0.005
+
+    @property
+    def token_to_agent(self) -> dict[str, str]:
+        return {a.token: a.id for a in self.agents}
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    name: str
+    type: str
+    pin: int | None = None
+    interval: float | None = None
+
+    @property
+    def is_digital(self) -> bool:
+        return self.type in DIGITAL_TYPES
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    source: str
+    agent_id: str
+    urls: tuple[str, ...]
+    token: str
+    buffer_path: str = DEFAULT_AGENT_BUFFER
+    max_buffered: int = DEFAULT_MAX_BUFFERED
+    backend: str = "auto"
+    sensors: tuple[SensorConfig, ...] = ()
+    # Readings per `readings` message and batches awaiting an ack at once.
+    batch_size: int = 500
+    window: int = 8
+    # Notes for the operator (an interval raised to a sensor's floor, ...).
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,58 @@
+"""Running a program as a long-lived service: start, wait for a signal, stop in time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("sensor_edge")
+
+# The contract: SIGTERM/SIGINT stop either program within 5 s.
+STOP_DEADLINE = 4.5
+
+
+class StartupError(Exception):
+    """Something an operator can fix kept the program from starting; one-line message."""
+
+
+def run_service(name: str, start: Callable[[], Awaitable[None]],
+                stop: Callable[[], Awaitable[None]]) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        try:
+            await start()
+        except (StartupError, OSError, sqlite3.Error) as e:
+            print(f"{name}: cannot start: {_describe(e)}", file=sys.stderr)
+            await stop()
+            return 1
+        # Installed after start(): some hardware libraries replace SIGTERM's handler on import.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("%s: stopping", name)
+        try:
+            await asyncio.wait_for(stop(), STOP_DEADLINE)
+        except TimeoutError:
+            log.error("%s: did not stop cleanly in %.1f s", name, STOP_DEADLINE)
+            return 1
+        log.info("%s: stopped", name)
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:  # a second Ctrl-C during start or stop
+        return 130
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return str(error)

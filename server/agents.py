@@ -1,0 +1,81 @@
+"""What the collector knows of each agent right now (connections, latest values)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import Hello, Reading
+
+
+@dataclass
+class AgentState:
+    id: str
+    connections: int = 0
+    last_seen: float | None = None
+    readings: int = 0
+    epoch: str | None = None
+    version: str | None = None
+    # collector clock minus agent clock at hello, when the agent sent its clock
+    clock_offset: float | None = None
+    status: dict[str, Any] | None = None
+    # (sensor, metric) -> (value, unit, ts)
+    latest: dict[tuple[str, str], tuple[float, str, float]] = field(default_factory=dict)
+
+
+class AgentRegistry:
+    def __init__(self, configured: list[str], stored: list[dict[str, Any]]):
+        self._agents: dict[str, AgentState] = {}
+        for agent_id in configured:
+            self.get(agent_id)
+        for row in stored:
+            state = self.get(row["id"])
+            state.last_seen = row["last_seen"]
+            state.readings = row["readings"]
+
+    def get(self, agent_id: str) -> AgentState:
+        state = self._agents.get(agent_id)
+        if state is None:
+            state = self._agents[agent_id] = AgentState(agent_id)
+        return state
+
+    def connected(self, hello: Hello, now: float) -> AgentState:
+        state = self.get(hello.agent)
+        state.connections += 1
+        state.last_seen = now
+        state.epoch = hello.epoch
+        state.version = hello.version
+        if hello.time is not None:
+            state.clock_offset = now - hello.time
+        return state
+
+    def disconnected(self, agent_id: str) -> None:
+        state = self.get(agent_id)
+        state.connections = max(0, state.connections - 1)
+
+    def stored(self, agent_id: str, rows: list[Reading], added: int, now: float) -> None:
+        state = self.get(agent_id)
+        state.readings += added
+        state.last_seen = now
+        for _seq, sensor, metric, value, unit, ts in rows:
+            known = state.latest.get((sensor, metric))
+            if known is None or ts >= known[2]:
+                state.latest[(sensor, metric)] = (value, unit, ts)
+
+    def all(self) -> list[AgentState]:
+        return [self._agents[k] for k in sorted(self._agents)]
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": s.id,
+                "connected": s.connections > 0,
+                "last_seen": s.last_seen,
+                "readings": s.readings,
+                "epoch": s.epoch,
+                "version": s.version,
+                "clock_offset": s.clock_offset,
+                "status": s.status,
+            }
+            for s in self.all()
+        ]

@@ -1,0 +1,107 @@
+"""The collector process: wires connection, batcher, storage and HTTP together."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from ..config.model import CollectorConfig
+from . import http_api
+from .agents import AgentRegistry
+from .batcher import Batcher
+from .connection import serve_agent
+from .metrics import CollectorMetrics
+from .storage import Batch, Storage, open_storage
+
+log = logging.getLogger("sensor_edge.collector")
+T = TypeVar("T")
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig):
+        self.config = config
+        self.metrics = CollectorMetrics()
+        self.storage: Storage | None = None
+        self.agents: AgentRegistry | None = None
+        self.batcher: Batcher | None = None
+        self._server: Server | None = None
+        # SQLite wants its writer on one thread; readers get a small pool of their own.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
+        self._readers = ThreadPoolExecutor(4, thread_name_prefix="storage-reader")
+
+    async def read(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking storage read off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(function, *args))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.storage = await loop.run_in_executor(self._writer, open_storage, self.config.storage)
+        stored = await self.read(self.storage.agents)
+        self.agents = AgentRegistry([a.id for a in self.config.agents], stored)
+        self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
+        self.batcher.start()
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=functools.partial(http_api.route, self),
+            max_size=self.config.limits.max_frame_bytes,
+            # Readings are small JSON; compressing them costs more CPU than it saves.
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            server_header="sensor-collector",
+        )
+        log.info("listening on %s:%d, storing in %s", self.config.host, self.port,
+                 self.config.storage)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (the config may say 0: any free port)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop accepting, close connections, commit what was handed over, close storage."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 3)
+            except TimeoutError:
+                log.warning("some connections did not close in time")
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.storage is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.close)
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        agent_id = getattr(ws, "agent_id", None)
+        if agent_id is None:  # an upgrade on a path other than /v1/stream
+            await ws.close(1008, "unknown endpoint")
+            return
+        self.metrics.agents_connected.inc()
+        try:
+            await serve_agent(self, ws, agent_id)
+        finally:
+            self.metrics.agents_connected.dec()
+
+    def _committed(self, batches: list[Batch], added: list[int], seconds: float) -> None:
+        now = time.time()
+        m = self.metrics
+        m.commits.inc()
+        m.commit_seconds.observe(seconds)
+        for batch, count in zip(batches, added):
+            m.readings_stored.inc(count)
+            m.readings_duplicate.inc(len(batch.rows) - count)
+            m.agent_last_seen.labels(batch.agent).set(now)
+            self.agents.stored(batch.agent, batch.rows, count, now)

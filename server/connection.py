@@ -1,0 +1,111 @@
+"""One agent's WebSocket connection: frames -> protocol -> batcher -> acks.
+
+The handler reads as fast as the agent sends; each batch's commit is awaited
+by a separate ack task, in order, so a window of batches can be in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol
+from .protocol import Ack, AgentSession, Bye, Hello, ProtocolError, Readings, Status, Welcome
+from .storage import Batch
+
+if TYPE_CHECKING:
+    from .collector import Collector
+
+log = logging.getLogger("sensor_edge.collector.connection")
+
+# Batches of one connection awaiting their commit before we stop reading more.
+MAX_PENDING_BATCHES = 64
+
+
+async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str) -> None:
+    limits = collector.config.limits
+    session = AgentSession(agent_id, max_frame_bytes=limits.max_frame_bytes,
+                           max_batch_readings=limits.max_batch_readings)
+    pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None] = asyncio.Queue(
+        MAX_PENDING_BATCHES)
+    acker = asyncio.create_task(_send_acks(collector, ws, pending))
+    peer = _peer(ws)
+    registered = False
+    try:
+        async for frame in ws:
+            try:
+                message = session.receive(frame)
+            except ProtocolError as e:
+                collector.metrics.protocol_errors.labels(e.code).inc()
+                log.warning("agent %s (%s): %s; closing with %d", agent_id, peer, e,
+                            e.close_code)
+                await ws.send(protocol.error_frame(e))
+                await ws.close(e.close_code, e.code)
+                break
+            if isinstance(message, Readings):
+                if not message.readings:
+                    continue
+                collector.metrics.batches.inc()
+                collector.metrics.readings_received.inc(len(message.readings))
+                future = collector.batcher.submit(Batch(agent_id, session.epoch, message.readings))
+                await pending.put((future, message.last_seq))
+            elif isinstance(message, Hello):
+                acked = await collector.read(collector.storage.acked, agent_id, message.epoch)
+                now = time.time()
+                state = collector.agents.connected(message, now)
+                registered = True
+                await ws.send(protocol.encode(Welcome(acked=acked, time=now)))
+                offset = state.clock_offset
+                log.info("agent %s connected from %s (epoch %s, version %s, resumes after "
+                         "seq %d%s)", agent_id, peer, message.epoch, message.version or "?",
+                         acked, "" if offset is None else f", clock offset {offset:+.3f} s")
+                if offset is not None and abs(offset) > 2.0:
+                    log.warning("agent %s: its clock is %.1f s off the collector's", agent_id,
+                                -offset)
+            elif isinstance(message, Status):
+                collector.agents.get(agent_id).status = message.fields
+            elif isinstance(message, Bye):
+                # Ack what is in flight, then close normally.
+                await pending.put(None)
+                await acker
+                await ws.close(protocol.CloseCode.NORMAL, "bye")
+                break
+    except ConnectionClosed:
+        pass
+    finally:
+        if not acker.done():
+            # Let batches already handed over finish committing; their acks may not arrive.
+            acker.cancel()
+        if registered:
+            collector.agents.disconnected(agent_id)
+            log.info("agent %s disconnected (%s)", agent_id, peer)
+
+
+async def _send_acks(collector: Collector, ws: ServerConnection,
+                     pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> None:
+    while True:
+        item = await pending.get()
+        if item is None:
+            return
+        future, seq = item
+        try:
+            await future
+        except Exception:
+            # The commit failed (logged by the batcher): no ack; the agent will resend.
+            await ws.close(1011, "storage failure")
+            return
+        try:
+            await ws.send(protocol.encode(Ack(seq)))
+        except ConnectionClosed:
+            return
+        collector.metrics.acks.inc()
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"

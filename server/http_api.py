@@ -1,0 +1,158 @@
+"""HTTP on the collector's port: health, metrics, the read API and the page.
+
+websockets hands every request to :func:`route` before any upgrade; it
+answers plain HTTP requests itself and lets `/v1/stream` through to the
+WebSocket handler once the bearer token names an agent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import math
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from .protocol import STREAM_PATH
+from .storage import ReadingQuery
+
+if TYPE_CHECKING:
+    from .collector import Collector
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 1_000_000
+
+
+class BadRequest(Exception):
+    pass
+
+
+def respond(status: int, body: bytes | str, content_type: str) -> Response:
+    if isinstance(body, str):
+        body = body.encode()
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              405: "Method Not Allowed", 503: "Service Unavailable"}.get(status, "")
+    headers = Headers([
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        ("Connection", "close"),
+    ])
+    return Response(status, reason, headers, body)
+
+
+def respond_json(status: int, value: Any) -> Response:
+    return respond(status, json.dumps(value, separators=(",", ":")), "application/json")
+
+
+def agent_for_token(collector: Collector, authorization: str | None) -> str | None:
+    """The agent a `Bearer` token belongs to, compared in constant time."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    offered = authorization[len("Bearer "):].strip().encode()
+    found = None
+    for credential in collector.config.agents:
+        # Check every credential, so the time taken says nothing about which matched.
+        if hmac.compare_digest(offered, credential.token.encode()):
+            found = credential.id
+    return found
+
+
+async def route(collector: Collector, connection: ServerConnection,
+                request: Request) -> Response | None:
+    url = urlsplit(request.path)
+    path = url.path
+    if path == STREAM_PATH:
+        agent_id = agent_for_token(collector, request.headers.get("Authorization"))
+        if agent_id is None:
+            collector.metrics.auth_failures.inc()
+            response = respond_json(401, {"error": "unauthorized",
+                                          "detail": "a valid 'Authorization: Bearer' token is required"})
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sensor-collector"'
+            return response
+        connection.agent_id = agent_id  # type: ignore[attr-defined]
+        return None
+    try:
+        if path == "/healthz":
+            return respond_json(200, {"status": "ok"})
+        if path == "/metrics":
+            return respond(200, collector.metrics.render(), collector.metrics.content_type)
+        if path == "/api/agents":
+            return respond_json(200, {"agents": collector.agents.as_json()})
+        if path == "/api/readings":
+            query = reading_query(parse_qs(url.query, keep_blank_values=False))
+            rows = await collector.read(collector.storage.readings, query)
+            return respond_json(200, {"readings": rows})
+        if path in ("/", "/index.html"):
+            return respond(200, agents_page(collector), "text/html; charset=utf-8")
+    except BadRequest as e:
+        return respond_json(400, {"error": "bad_request", "detail": str(e)})
+    return respond_json(404, {"error": "not_found", "detail": f"no such endpoint: {path}"})
+
+
+def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
+    """The `/api/readings` parameters, checked."""
+    def one(name: str) -> str | None:
+        values = params.get(name)
+        return values[-1] if values else None
+
+    def seconds(name: str) -> float | None:
+        raw = one(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise BadRequest(f"{name} must be Unix seconds, got {raw[:40]!r}") from None
+        if not math.isfinite(value):
+            raise BadRequest(f"{name} must be finite")
+        return value
+
+    limit_raw = one("limit")
+    limit = DEFAULT_LIMIT
+    if limit_raw is not None:
+        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+            raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        limit = int(limit_raw)
+    return ReadingQuery(agent=one("agent"), sensor=one("sensor"), metric=one("metric"),
+                        since=seconds("since"), until=seconds("until"), limit=limit)
+
+
+def agents_page(collector: Collector) -> str:
+    """A plain page: every agent and the latest value of each of its sensors."""
+    now = time.time()
+    parts = []
+    for state in collector.agents.all():
+        seen = "never" if state.last_seen is None else f"{now - state.last_seen:.0f} s ago"
+        status = "connected" if state.connections else "disconnected"
+        rows = "".join(
+            f"<tr><td>{html.escape(sensor)}</td><td>{html.escape(metric)}</td>"
+            f"<td class=v>{value:g} {html.escape(unit)}</td>"
+            f"<td>{time.strftime('%H:%M:%S', time.localtime(ts))}</td></tr>"
+            for (sensor, metric), (value, unit, ts) in sorted(state.latest.items())
+        )
+        parts.append(
+            f"<section><h2>{html.escape(state.id)} <small class={status}>{status}</small></h2>"
+            f"<p>last seen {seen}; {state.readings} readings stored</p>"
+            f"<table><tr><th>sensor</th><th>metric</th><th>value</th><th>read at</th></tr>"
+            f"{rows}</table></section>"
+        )
+    return PAGE.format(body="".join(parts) or "<p>No agents configured.</p>")
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>sensor-edge collector</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}}.v{{text-align:right}}
+.connected{{color:#080}}.disconnected{{color:#a00}}</style></head>
+<body><h1>sensor-edge collector</h1>{body}
+<p><a href="/api/agents">/api/agents</a> &middot; <a href="/api/readings">/api/readings</a>
+&middot; <a href="/metrics">/metrics</a></p></body></html>
+"""

@@ -1,0 +1,55 @@
+"""Where readings are kept. SQLite is the embedded default.
+
+A storage object is used from one writer thread (the batcher's) and any number
+of reader threads (the HTTP API's); every method blocks, so callers run them
+off the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..protocol import Reading
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One `readings` message, ready to store."""
+
+    agent: str
+    epoch: str
+    rows: list[Reading]
+
+
+@dataclass(frozen=True)
+class ReadingQuery:
+    agent: str | None = None
+    sensor: str | None = None
+    metric: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 1000
+
+
+class Storage(Protocol):
+    def store(self, batches: list[Batch], now: float) -> list[int]:
+        """Store every batch in one transaction; return how many rows each added."""
+
+    def acked(self, agent: str, epoch: str) -> int:
+        """The highest seq stored for this agent and epoch (0 if none)."""
+
+    def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
+        """The newest `limit` readings that match, ordered by ts ascending."""
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent that ever stored a reading: id, last_seen, readings."""
+
+    def close(self) -> None: ...
+
+
+def open_storage(url: str) -> Storage:
+    """The storage a config's `storage` value names."""
+    from .sqlite import SQLiteStorage
+
+    return SQLiteStorage(url)
