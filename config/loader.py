@@ -29,7 +29,9 @@ from .model import (
     AgentCredential,
     CollectorConfig,
     Limits,
+    MQTTConfig,
     SensorConfig,
+    ServerTLS,
 )
 
 # Agent and sensor names end up in URLs, MQTT topics and metric labels.
@@ -97,6 +99,36 @@ class _Value:
         if not math.isfinite(seconds) or seconds <= 0:
             raise self.error(f"expected a positive number of seconds, got {value!r}")
         return seconds
+
+    def boolean(self) -> bool:
+        value = self._scalar()
+        if not isinstance(value, bool):
+            raise self.error(f"expected true or false, got {value!r}")
+        return value
+
+    def number(self, low: float, high: float | None = None) -> float:
+        value = self._scalar()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(f"expected a number, got {value!r}")
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            raise self.error(f"{value} is out of range {low:g}..{'' if high is None else high}")
+        return float(value)
+
+    def file(self) -> str:
+        """A path that must name a readable file now (certificates, keys)."""
+        path = self.string()
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise self.error(f"cannot read {path!r}: {e.strerror or e}") from None
+        return path
+
+    def sha256_hex(self) -> str:
+        value = self.string()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise self.error("expected 64 lowercase hex digits (a sha256 of the token)")
+        return value
 
     def choice(self, options: tuple[str, ...]) -> str:
         value = self._scalar()
@@ -218,12 +250,13 @@ def _url(value: _Value) -> str:
 def load_collector_config(path: str) -> CollectorConfig:
     """Read and check a collector config file."""
     root = _read_root(path)
-    host, port = "0.0.0.0", CollectorConfig.port
+    host, port, tls = "0.0.0.0", CollectorConfig.port, None
     listen = root.get("listen")
     if listen is not None:
         section = listen.section()
         host = section.take("host", _Value.string, host)
         port = section.take("port", lambda v: v.integer(0, 65535), port)
+        tls = section.take("tls", _server_tls, None)
         section.finish()
 
     storage = root.take("storage", _Value.string, CollectorConfig.storage)
@@ -240,18 +273,21 @@ def load_collector_config(path: str) -> CollectorConfig:
         entry = item.section()
         agent_id = entry.require("id", _Value.name)
         token_value = entry.get("token")
-        if token_value is None:
-            raise item.error("each agent needs a 'token'")
-        token = token_value.string()
+        hash_value = entry.get("token_sha256")
+        if (token_value is None) == (hash_value is None):
+            raise item.error("each agent needs exactly one of 'token' or 'token_sha256'")
+        token = token_value.string() if token_value is not None else None
+        token_sha256 = hash_value.sha256_hex() if hash_value is not None else None
         entry.finish()
         if agent_id in seen_ids:
             raise item.error(f"agent id {agent_id!r} is listed twice")
-        if token in seen_tokens:
+        secret = token if token is not None else token_sha256
+        if secret in seen_tokens:
             # Never echo the token itself: error messages end up in logs.
-            raise token_value.error("this token is already given to another agent")
+            raise (token_value or hash_value).error("this token is already given to another agent")
         seen_ids.add(agent_id)
-        seen_tokens.add(token)
-        agents.append(AgentCredential(agent_id, token))
+        seen_tokens.add(secret)
+        agents.append(AgentCredential(agent_id, token=token, token_sha256=token_sha256))
 
     limits = Limits()
     limits_value = root.get("limits")
@@ -269,10 +305,49 @@ def load_collector_config(path: str) -> CollectorConfig:
             ),
         )
         section.finish()
+    stale_after = root.take("stale_after", _Value.seconds, CollectorConfig.stale_after)
+    retention_days = root.take("retention_days", lambda v: v.number(0.001), None)
+    api_token = None
+    api = root.get("api")
+    if api is not None:
+        section = api.section()
+        api_token = section.take("token", _Value.string, None)
+        section.finish()
+    mqtt = root.take("mqtt", _mqtt, None)
     root.finish()
     return CollectorConfig(
-        source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits
+        source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits,
+        tls=tls, stale_after=stale_after, retention_days=retention_days, api_token=api_token,
+        mqtt=mqtt,
     )
+
+
+def _server_tls(value: _Value) -> ServerTLS:
+    section = value.section()
+    tls = ServerTLS(
+        cert=section.require("cert", _Value.file),
+        key=section.require("key", _Value.file),
+        client_ca=section.take("client_ca", _Value.file, None),
+    )
+    section.finish()
+    return tls
+
+
+def _mqtt(value: _Value) -> MQTTConfig:
+    section = value.section()
+    d = MQTTConfig()
+    config = MQTTConfig(
+        host=section.take("host", _Value.string, d.host),
+        port=section.take("port", lambda v: v.integer(1, 65535), d.port),
+        username=section.take("username", _Value.string, d.username),
+        password=section.take("password", _Value.string, d.password),
+        tls=section.take("tls", _Value.boolean, d.tls),
+        prefix=section.take("prefix", _Value.string, d.prefix),
+        discovery_prefix=section.take("discovery_prefix", _Value.string, d.discovery_prefix),
+        qos=section.take("qos", lambda v: v.integer(0, 2), d.qos),
+    )
+    section.finish()
+    return config
 
 
 def load_agent_config(path: str) -> AgentConfig:
@@ -286,10 +361,22 @@ def load_agent_config(path: str) -> AgentConfig:
 
     collector = root.require("collector", _Value.section)
     url = collector.get("url")
-    if url is None:
-        raise collector.value.error("missing required key 'url'")
-    urls = (_url(url),)
+    url_list = collector.get("urls")
+    if (url is None) == (url_list is None):
+        raise collector.value.error("give exactly one of 'url' or 'urls' (a list, for failover)")
+    if url is not None:
+        urls = (_url(url),)
+    else:
+        urls = tuple(_url(item) for item in url_list.items())
+        if not urls:
+            raise url_list.error("the list of collector URLs is empty")
     token = collector.require("token", _Value.string)
+    ca = collector.take("ca", _Value.file, None)
+    cert = collector.take("cert", _Value.file, None)
+    key_value = collector.get("key")
+    key = key_value.file() if key_value is not None else None
+    if (cert is None) != (key is None):
+        raise collector.value.error("'cert' and 'key' go together (the client certificate)")
     collector.finish()
 
     buffer_path, max_buffered = AgentConfig.buffer_path, AgentConfig.max_buffered
@@ -322,6 +409,9 @@ def load_agent_config(path: str) -> AgentConfig:
         agent_id=agent_id,
         urls=urls,
         token=token,
+        ca=ca,
+        cert=cert,
+        key=key,
         buffer_path=buffer_path,
         max_buffered=max_buffered,
         backend=backend,

@@ -13,6 +13,7 @@ DEFAULT_COLLECTOR_STORAGE = "/var/lib/sensor-collector/readings.db"
 DEFAULT_AGENT_BUFFER = "/var/lib/sensor-agent/buffer.db"
 DEFAULT_MAX_BUFFERED = 1_000_000
 DEFAULT_POLL_INTERVAL = 10.0
+DEFAULT_STALE_AFTER = 60.0
 
 # A DHT sensor needs this long between reads or it answers with stale data.
 READ_FLOORS = {"dht22": 2.0, "dht11": 1.0}
@@ -32,8 +33,31 @@ class Limits:
 
 @dataclass(frozen=True)
 class AgentCredential:
+    """Who may connect. Exactly one of ``token`` or ``token_sha256`` is set."""
+
     id: str
-    token: str
+    # repr=False: a config printed into a log or a traceback must not leak a secret.
+    token: str | None = field(default=None, repr=False)
+    token_sha256: str | None = field(default=None, repr=False)  # lowercase hex
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    cert: str
+    key: str
+    client_ca: str | None = None  # set: mutual TLS, agents must present a certificate
+
+
+@dataclass(frozen=True)
+class MQTTConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    prefix: str = "sensor-edge"
+    discovery_prefix: str = "homeassistant"
+    qos: int = 1
 
 
 @dataclass(frozen=True)
@@ -44,12 +68,11 @@ class CollectorConfig:
     storage: str = DEFAULT_COLLECTOR_STORAGE
     agents: tuple[AgentCredential, ...] = ()
     limits: Limits = field(default_factory=Limits)
-    # How long a batch may wait for others to share its commit.
-    commit_delay: float = 0.005
-
-    @property
-    def token_to_agent(self) -> dict[str, str]:
-        return {a.token: a.id for a in self.agents}
+    tls: ServerTLS | None = None
+    stale_after: float = DEFAULT_STALE_AFTER
+    retention_days: float | None = None  # None: keep forever
+    api_token: str | None = field(default=None, repr=False)  # set: the HTTP read API needs Authorization: Bearer
+    mqtt: MQTTConfig | None = None  # None: no MQTT
 
 
 @dataclass(frozen=True)
@@ -68,8 +91,11 @@ class SensorConfig:
 class AgentConfig:
     source: str
     agent_id: str
-    urls: tuple[str, ...]
-    token: str
+    urls: tuple[str, ...]  # tried in order: failover
+    token: str = field(repr=False)
+    ca: str | None = None  # the CA that signed the collector's certificate
+    cert: str | None = None  # client certificate for mutual TLS, with key
+    key: str | None = None
     buffer_path: str = DEFAULT_AGENT_BUFFER
     max_buffered: int = DEFAULT_MAX_BUFFERED
     backend: str = "auto"

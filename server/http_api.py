@@ -7,6 +7,7 @@ WebSocket handler once the bearer token names an agent.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
 import json
@@ -56,10 +57,15 @@ def agent_for_token(collector: Collector, authorization: str | None) -> str | No
     if not authorization or not authorization.startswith("Bearer "):
         return None
     offered = authorization[len("Bearer "):].strip().encode()
+    offered_hash = hashlib.sha256(offered).hexdigest().encode()
     found = None
     for credential in collector.config.agents:
         # Check every credential, so the time taken says nothing about which matched.
-        if hmac.compare_digest(offered, credential.token.encode()):
+        if credential.token is not None:
+            match = hmac.compare_digest(offered, credential.token.encode())
+        else:
+            match = hmac.compare_digest(offered_hash, credential.token_sha256.encode())
+        if match:
             found = credential.id
     return found
 

@@ -1,0 +1,205 @@
+"""Real collector and agent processes for tests, on loopback, stopped by pid.
+
+Every wait here is bounded; every process started is tracked so the fixture
+can stop it whatever the test did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # the thing polled may not be up yet
+            last_error = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}"
+                         + (f" (last error: {last_error})" if last_error else ""))
+
+
+class Process:
+    """A program of ours run as `python -m MODULE`, with its output in a log file."""
+
+    module = ""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], name: str, args: tuple = ()):
+        self.workdir = workdir
+        self.name = name
+        self.config = config
+        self.config_path = workdir / f"{name}.yaml"
+        self.log_path = workdir / f"{name}.log"
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+        self.write_config()
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def start(self) -> Process:
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--config", str(self.config_path), *self.args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 10) -> int:
+        """SIGTERM, and the exit code once it has stopped."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a crash."""
+        if self.running():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Collector(Process):
+    module = "sensor_edge.server"
+
+    def __init__(self, workdir: Path, agents: dict[str, str], name: str = "collector",
+                 storage: str | None = None, port: int | None = None, **extra: Any):
+        self.port = port or free_port()
+        self.storage = storage or str(workdir / f"{name}.db")
+        config = {
+            "listen": {"host": HOST, "port": self.port},
+            "storage": self.storage,
+            "agents": [{"id": a, "token": t} for a, t in agents.items()],
+            **extra,
+        }
+        super().__init__(workdir, config, name)
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def stream_url(self) -> str:
+        return f"ws://{HOST}:{self.port}/v1/stream"
+
+    def start(self, timeout: float = 15) -> Collector:
+        super().start()
+        wait_until(lambda: self.running() and self.get("/healthz")[0] == 200 or self._died(),
+                   timeout, what=f"{self.name} to serve /healthz")
+        return self
+
+    def _died(self) -> bool:
+        if not self.running():
+            raise AssertionError(f"{self.name} exited: {self.log()[-2000:]}")
+        return False
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        request = urllib.request.Request(self.base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), dict(e.headers)
+
+    def json(self, path: str) -> Any:
+        status, body, _ = self.get(path)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def stored_seqs(self, agent: str, epoch: str | None = None) -> list[int]:
+        """The seqs in storage for an agent (and epoch), read straight from the file."""
+        return stored_seqs(self.storage, agent, epoch)
+
+
+def stored_seqs(storage: str, agent: str, epoch: str | None = None) -> list[int]:
+    if storage.startswith("postgres"):
+        import psycopg
+
+        with psycopg.connect(storage) as db:
+            rows = db.execute(
+                "SELECT seq FROM readings WHERE agent = %s AND (%s::text IS NULL OR epoch = %s) "
+                "ORDER BY seq", (agent, epoch, epoch)).fetchall()
+        return [r[0] for r in rows]
+    with sqlite3.connect(storage, timeout=10) as db:
+        rows = db.execute(
+            "SELECT seq FROM readings WHERE agent = ? AND (? IS NULL OR epoch = ?) ORDER BY seq",
+            (agent, epoch, epoch)).fetchall()
+    return [r[0] for r in rows]
+
+
+class Agent(Process):
+    module = "sensor_edge.agent"
+
+    def __init__(self, workdir: Path, agent_id: str, token: str, urls: list[str],
+                 sensors: list[dict] | None = None, name: str | None = None,
+                 mock: bool = True, **extra: Any):
+        name = name or agent_id
+        self.buffer_path = str(workdir / f"{name}.buffer.db")
+        collector = {"url": urls[0]} if len(urls) == 1 else {"urls": urls}
+        config = {
+            "agent": {"id": agent_id},
+            "collector": {**collector, "token": token},
+            "buffer": {"path": self.buffer_path},
+            "backend": "mock",
+            "sensors": sensors if sensors is not None else FAST_SENSORS,
+            **extra,
+        }
+        super().__init__(workdir, config, name, ("--mock",) if mock else ())
+
+    def epoch(self) -> str:
+        with sqlite3.connect(self.buffer_path, timeout=10) as db:
+            return db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+
+    def last_seq(self) -> int:
+        with sqlite3.connect(self.buffer_path, timeout=10) as db:
+            return int(db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0])
+
+    def buffered(self) -> int:
+        with sqlite3.connect(self.buffer_path, timeout=10) as db:
+            return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+
+
+# Fast mock sensors: about 25 readings a second, failures included.
+FAST_SENSORS = [
+    {"name": "climate", "type": "dht22", "pin": 4, "interval": 2},
+    {"name": "motion", "type": "motion", "pin": 17},
+    {"name": "soc", "type": "cpu_temperature", "interval": 0.05},
+]
