@@ -47,15 +47,18 @@ class ConfigError(Exception):
 class _Value:
     """A YAML node with where it came from, so any error can name its line."""
 
-    def __init__(self, source: str, node: yaml.Node, path: str, loader: yaml.SafeLoader):
+    def __init__(self, source: str, node: yaml.Node, path: str, loader: yaml.SafeLoader,
+                 key_node: yaml.Node | None = None):
         self.source = source
         self.node = node
         self.path = path
         self._loader = loader
+        self._key_node = key_node
 
     @property
     def line(self) -> int:
-        return self.node.start_mark.line + 1
+        # The key's line: a nested mapping's own node starts on the line after it.
+        return (self._key_node or self.node).start_mark.line + 1
 
     def error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.source}:{self.line}: {self.path}: {message}")
@@ -168,7 +171,7 @@ class _Section:
                 raise ConfigError(
                     f"{value.source}:{key_node.start_mark.line + 1}: {path}: duplicate key"
                 )
-            self._children[key] = _Value(value.source, child, path, value._loader)
+            self._children[key] = _Value(value.source, child, path, value._loader, key_node)
         self._taken: set[str] = set()
 
     def get(self, key: str) -> _Value | None:
@@ -195,10 +198,7 @@ class _Section:
         for key, child in self._children.items():
             if key not in self._taken:
                 parent = f" in {self.value.path}" if self.value.path else ""
-                raise ConfigError(
-                    f"{child.source}:{child.node.start_mark.line + 1}: {child.path}: "
-                    f"unknown key{parent} (a typo?)"
-                )
+                raise child.error(f"unknown key{parent} (a typo?)")
 
 
 def _kind(node: yaml.Node) -> str:
