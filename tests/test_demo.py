@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
 
-from processes import free_port
+from processes import free_port, wait_until
+
+
+def stored_agents(path) -> set[str]:
+    with sqlite3.connect(path, timeout=10) as db:
+        return {row[0] for row in db.execute("SELECT DISTINCT agent FROM readings")}
 
 
 def test_demo_runs_a_collector_and_mock_agents_that_store_readings(tmp_path):
     port = free_port()
-    result = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, "-m", "sensor_edge.server.demo", "--agents", "2", "--port", str(port),
-         "--dir", str(tmp_path), "--seconds", "6"],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert f"http://127.0.0.1:{port}/api/readings" in result.stdout
-    with sqlite3.connect(tmp_path / "readings.db") as db:
-        agents = dict(db.execute("SELECT agent, count(*) FROM readings GROUP BY agent"))
-    assert set(agents) == {"demo-pi-1", "demo-pi-2"}
+         "--dir", str(tmp_path), "--seconds", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: stored_agents(tmp_path / "readings.db") == {"demo-pi-1", "demo-pi-2"},
+                   40, what="readings from both demo agents")
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert demo.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/api/readings" in out
     for name in ("collector.log", "demo-pi-1.log", "demo-pi-2.log"):
         log = (tmp_path / name).read_text()
         assert "Traceback" not in log
