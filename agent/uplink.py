@@ -5,7 +5,8 @@ buffer with a window of unacknowledged batches -> each ack deletes from the
 buffer. When the link is idle a new reading goes out at once; with a backlog,
 batches fill up. Any failure: reconnect with capped exponential backoff and
 jitter. On stop: send what can be sent in the time left, wait for its acks,
-say bye.
+say bye. While connected, a `status` message (the agent's health) goes out
+right after welcome and every STATUS_EVERY seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from ..server import protocol
-from ..server.protocol import Ack, Bye, Error, Hello, ProtocolError, Readings, Welcome
+from ..server.protocol import (
+    Ack,
+    Bye,
+    Error,
+    Hello,
+    ProtocolError,
+    Readings,
+    Status,
+    Welcome,
+)
 from .buffer import Buffer
 
 log = logging.getLogger("sensor_edge.agent.uplink")
@@ -30,6 +40,8 @@ log = logging.getLogger("sensor_edge.agent.uplink")
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
 WELCOME_TIMEOUT = 10.0
+# Seconds between two status messages; well under the collector's default stale_after (60).
+STATUS_EVERY = 10.0
 _JITTER = random.Random()
 
 
@@ -42,7 +54,9 @@ def backoff_delay(failures: int, rng: random.Random = _JITTER) -> float:
 class Uplink:
     def __init__(self, *, agent_id: str, urls: tuple[str, ...], token: str, version: str,
                  buffer: Buffer, on_buffer: Callable[..., Awaitable[Any]],
-                 batch_size: int, window: int, status: Callable[[], dict] | None = None):
+                 batch_size: int, window: int,
+                 status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 status_every: float = STATUS_EVERY):
         self.agent_id = agent_id
         self.urls = urls
         self.token = token
@@ -51,6 +65,8 @@ class Uplink:
         self._on_buffer = on_buffer  # runs a Buffer method on the buffer's thread
         self.batch_size = batch_size
         self.window = window
+        self._status = status  # builds the fields of a `status` message
+        self._status_every = status_every
         self.connected = False
         self.sent = 0
         self.acked_seq = 0
@@ -78,6 +94,8 @@ class Uplink:
         except TimeoutError:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        except Exception:
+            log.exception("uplink failed while stopping")
 
     async def _run(self) -> None:
         failures = 0
@@ -98,6 +116,10 @@ class Uplink:
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, ProtocolError) as e:
                 level = logging.WARNING if failures == 0 else logging.DEBUG
                 log.log(level, "cannot reach collector %s: %s", url, _describe(e))
+                failures += 1
+            except Exception:
+                # A bug of ours must not end delivery for good: log it whole, retry.
+                log.exception("uplink to %s failed unexpectedly; retrying", url)
                 failures += 1
             finally:
                 self.connected = False
@@ -145,13 +167,15 @@ class Uplink:
                      max(0, self.buffer.last_seq - reply.acked))
             in_flight: deque[int] = deque()
             receiver = asyncio.create_task(self._receive(ws, in_flight))
+            reporter = asyncio.create_task(self._report(ws))
             try:
                 await self._send(ws, reply.acked, in_flight, receiver)
                 if self._stopping:
                     await self._say_bye(ws, in_flight, receiver)
             finally:
-                receiver.cancel()
-                await asyncio.gather(receiver, return_exceptions=True)
+                for task in (reporter, receiver):
+                    task.cancel()
+                await asyncio.gather(reporter, receiver, return_exceptions=True)
 
     async def _send(self, ws: ClientConnection, sent_upto: int, in_flight: deque[int],
                     receiver: asyncio.Task[None]) -> None:
@@ -195,7 +219,23 @@ class Uplink:
                 self._wake.set()
             elif isinstance(message, Error):
                 log.error("collector refused our data: %s: %s", message.error, message.detail)
-        raise ConnectionClosed(ws.close_rcvd, ws.close_sent)
+        raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
+
+    async def _report(self, ws: ClientConnection) -> None:
+        """Send a status now and every `status_every` seconds while connected."""
+        if self._status is None:
+            return
+        while not self._stopping:
+            try:
+                fields = await self._status()
+                if self._stopping:
+                    return  # bye may be on its way: nothing may follow it
+                await ws.send(protocol.encode(Status(fields)))
+            except ConnectionClosed:
+                return  # the receiver notices and the session ends
+            except Exception as e:  # a status must never take the link down
+                log.warning("could not send a status: %s", e)
+            await asyncio.sleep(self._status_every)
 
     async def _say_bye(self, ws: ClientConnection, in_flight: deque[int],
                        receiver: asyncio.Task[None]) -> None:

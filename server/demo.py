@@ -103,14 +103,16 @@ Ctrl-C stops everything.
         while not stopping and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.2)
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(8)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        # Agents first, so they can deliver what they hold before the collector goes.
+        for group in (children[1:], children[:1]):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in group:
+                try:
+                    child.wait(8)
+                except subprocess.TimeoutExpired:
+                    child.kill()
     print("sensor-edge demo: stopped; the data stays in", workdir)
     return 0
 

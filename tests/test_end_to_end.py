@@ -55,7 +55,17 @@ def test_collector_outage_loses_nothing_and_stores_each_reading_once(make_collec
     collector.start()
     wait_until(lambda: agent.buffered() < 5 and len(collector.stored_seqs("pi-1")) > outage_start + 40,
                30, what="the backlog to drain")
+    # A clean restart of the collector, too: it stops in time, the agent rides it out.
+    started = time.monotonic()
+    assert collector.terminate() == 0
+    assert time.monotonic() - started < 5
+    restart_at = agent.last_seq()
+    wait_until(lambda: agent.last_seq() > restart_at + 10, 20, what="readings while it is down")
+    collector.start()
+    wait_until(lambda: len(collector.stored_seqs("pi-1")) > restart_at + 10, 30,
+               what="delivery after the clean restart")
     assert agent.terminate() == 0
+    assert "Traceback" not in agent.log() + collector.log()
     stored = collector.stored_seqs("pi-1", agent.epoch())
     assert contiguous(stored), "a gap or a duplicate in the stored seqs"
     assert stored[-1] + agent.buffered() == agent.last_seq()
