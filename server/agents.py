@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,9 @@ class AgentState:
 class AgentRegistry:
     def __init__(self, configured: list[str], stored: list[dict[str, Any]]):
         self._agents: dict[str, AgentState] = {}
+        # Called with (state, True) when an agent's first connection opens and
+        # (state, False) when its last one closes (the MQTT bridge's availability).
+        self.on_presence: Callable[[AgentState, bool], None] | None = None
         for agent_id in configured:
             self.get(agent_id)
         for row in stored:
@@ -47,11 +51,15 @@ class AgentRegistry:
         state.version = hello.version
         if hello.time is not None:
             state.clock_offset = now - hello.time
+        if state.connections == 1 and self.on_presence is not None:
+            self.on_presence(state, True)
         return state
 
     def disconnected(self, agent_id: str) -> None:
         state = self.get(agent_id)
         state.connections = max(0, state.connections - 1)
+        if state.connections == 0 and self.on_presence is not None:
+            self.on_presence(state, False)
 
     def stored(self, agent_id: str, rows: list[Reading], added: int, now: float) -> None:
         state = self.get(agent_id)

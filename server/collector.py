@@ -18,6 +18,7 @@ from .agents import AgentRegistry
 from .batcher import Batcher
 from .connection import serve_agent
 from .metrics import CollectorMetrics
+from .mqtt import MQTTBridge
 from .storage import Batch, Storage, open_storage
 
 log = logging.getLogger("sensor_edge.collector")
@@ -31,6 +32,7 @@ class Collector:
         self.storage: Storage | None = None
         self.agents: AgentRegistry | None = None
         self.batcher: Batcher | None = None
+        self.mqtt: MQTTBridge | None = None
         self._server: Server | None = None
         # SQLite wants its writer on one thread; readers get a small pool of their own.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
@@ -43,9 +45,14 @@ class Collector:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.mqtt is not None:  # first: a missing client library stops us here
+            self.mqtt = MQTTBridge(self.config.mqtt, self.metrics, self.config.source,
+                                   [a.id for a in self.config.agents])
         self.storage = await loop.run_in_executor(self._writer, open_storage, self.config.storage)
         stored = await self.read(self.storage.agents)
         self.agents = AgentRegistry([a.id for a in self.config.agents], stored)
+        if self.mqtt is not None:
+            self.mqtt.start(self.agents)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
         self.batcher.start()
         self._server = await serve(
@@ -79,6 +86,8 @@ class Collector:
                 log.warning("some connections did not close in time")
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.mqtt is not None:  # after the batcher: its last commits get published too
+            await self.mqtt.stop()
         if self.storage is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.close)
         self._writer.shutdown(wait=True)
@@ -105,3 +114,5 @@ class Collector:
             m.readings_duplicate.inc(len(batch.rows) - count)
             m.agent_last_seen.labels(batch.agent).set(now)
             self.agents.stored(batch.agent, batch.rows, count, now)
+        if self.mqtt is not None:
+            self.mqtt.stored(batches, added)

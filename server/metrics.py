@@ -43,6 +43,22 @@ class CollectorMetrics:
         self.auth_failures = Counter(
             "sensor_edge_auth_failures", "Handshakes refused for a missing or unknown token",
             registry=r)
+        # The MQTT bridge (server/mqtt.py); they stay at 0 when `mqtt:` is off.
+        self.mqtt_connected = Gauge(
+            "sensor_edge_mqtt_connected", "1 while the MQTT broker connection is up", registry=r)
+        self.mqtt_published = Counter(
+            "sensor_edge_mqtt_published", "Stored readings the MQTT broker accepted", registry=r)
+        self.mqtt_dropped = Counter(
+            "sensor_edge_mqtt_dropped",
+            "Stored readings never queued for MQTT: the queue was full (broker down or slow)",
+            registry=r)
+        self.mqtt_unpublished = Counter(
+            "sensor_edge_mqtt_unpublished",
+            "Queued readings given up unpublished (at stop, or lost with a QoS 0 connection)",
+            registry=r)
+        self.mqtt_pending = Gauge(
+            "sensor_edge_mqtt_pending", "Stored readings queued or in flight to the MQTT broker",
+            registry=r)
         self.agent_last_seen = Gauge(
             "sensor_edge_agent_last_seen_timestamp_seconds",
             "When the agent last stored a reading (Unix seconds)", ["agent"], registry=r)
