@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +26,25 @@ T = TypeVar("T")
 
 # Of the 5 s the contract allows for a clean stop, this much goes to delivering.
 FLUSH_SECONDS = 2.5
+# A failing sensor's last error is cut to this length in a status message.
+MAX_ERROR_TEXT = 200
+
+
+def clock_synced() -> bool | None:
+    """Is the system clock disciplined by NTP (or the like)? None where we cannot tell.
+
+    adjtimex(2) with no mode bits set only reads the kernel's clock state;
+    TIME_ERROR (5) means the clock is not synchronised.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # larger than struct timex; modes = 0
+        state = libc.adjtimex(timex)
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != 5
 
 
 class Agent:
@@ -39,6 +61,8 @@ class Agent:
         self._pending: list[Sample] = []
         self._pending_ready = asyncio.Event()
         self._appender: asyncio.Task[None] | None = None
+        self._cpu_sensors = {s.name for s in config.sensors if s.type == "cpu_temperature"}
+        self._cpu_temperature: float | None = None
 
     async def on_buffer(self, method: Callable[..., T], *args: Any) -> T:
         """Run a blocking buffer method on the buffer's own thread."""
@@ -60,13 +84,42 @@ class Agent:
         self.uplink = Uplink(
             agent_id=self.config.agent_id, urls=self.config.urls, token=self.config.token,
             version=__version__, buffer=self.buffer, on_buffer=self.on_buffer,
-            batch_size=self.config.batch_size, window=self.config.window)
+            batch_size=self.config.batch_size, window=self.config.window,
+            status=self.status)
         self.sampler.start()
         self.uplink.start()
         log.info("reading %d sensors: %s", len(sensors),
                  ", ".join(f"{s.name} ({s.type})" for s in self.config.sensors) or "none")
 
+    async def status(self) -> dict[str, Any]:
+        """The fields of a `status` message: how this agent is doing."""
+        buffer = self.buffer
+        depth, oldest = await self.on_buffer(lambda: (buffer.depth, buffer.oldest_age()))
+        sensors = {}
+        for name, stats in self.sampler.stats.items():
+            fields = {**stats.as_json(), "consecutive_failures": stats.consecutive_failures}
+            if fields["last_error"] is not None:
+                fields["last_error"] = fields["last_error"][:MAX_ERROR_TEXT]
+            sensors[name] = fields
+        return {
+            "time": time.time(),
+            "uptime": round(time.monotonic() - self.started, 1),
+            "version": __version__,
+            "backend": self.backend.name,
+            "buffer_depth": depth,
+            "buffer_oldest_age": None if oldest is None else round(oldest, 1),
+            "dropped": buffer.dropped,
+            "sent": self.uplink.sent if self.uplink is not None else 0,
+            "sensors": sensors,
+            "cpu_temperature": self._cpu_temperature,
+            "clock_synced": clock_synced(),
+        }
+
     def _collect(self, samples: list[Sample]) -> None:
+        if self._cpu_sensors:
+            for sensor, _metric, value, _unit, _ts in samples:
+                if sensor in self._cpu_sensors:
+                    self._cpu_temperature = value
         self._pending.extend(samples)
         self._pending_ready.set()
 

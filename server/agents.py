@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config.model import DEFAULT_STALE_AFTER
 from .protocol import Hello, Reading
 
 
@@ -25,8 +28,10 @@ class AgentState:
 
 
 class AgentRegistry:
-    def __init__(self, configured: list[str], stored: list[dict[str, Any]]):
+    def __init__(self, configured: list[str], stored: list[dict[str, Any]],
+                 stale_after: float = DEFAULT_STALE_AFTER):
         self._agents: dict[str, AgentState] = {}
+        self.stale_after = stale_after
         # Called with (state, True) when an agent's first connection opens and
         # (state, False) when its last one closes (the MQTT bridge's availability).
         self.on_presence: Callable[[AgentState, bool], None] | None = None
@@ -55,6 +60,20 @@ class AgentRegistry:
             self.on_presence(state, True)
         return state
 
+    def status_received(self, agent_id: str, fields: dict[str, Any], now: float) -> None:
+        """A `status` message: keep it, count it as a sign of life, refresh the clock offset."""
+        state = self.get(agent_id)
+        state.status = fields
+        state.last_seen = now
+        agent_time = fields.get("time")
+        if isinstance(agent_time, (int, float)) and not isinstance(agent_time, bool) \
+                and math.isfinite(agent_time):
+            state.clock_offset = now - agent_time
+
+    def is_stale(self, state: AgentState, now: float) -> bool:
+        """Silent (no hello, status or stored reading) for longer than `stale_after`."""
+        return state.last_seen is None or now - state.last_seen > self.stale_after
+
     def disconnected(self, agent_id: str) -> None:
         state = self.get(agent_id)
         state.connections = max(0, state.connections - 1)
@@ -73,7 +92,8 @@ class AgentRegistry:
     def all(self) -> list[AgentState]:
         return [self._agents[k] for k in sorted(self._agents)]
 
-    def as_json(self) -> list[dict[str, Any]]:
+    def as_json(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = time.time() if now is None else now
         return [
             {
                 "id": s.id,
@@ -83,7 +103,12 @@ class AgentRegistry:
                 "epoch": s.epoch,
                 "version": s.version,
                 "clock_offset": s.clock_offset,
+                "stale": self.is_stale(s, now),
                 "status": s.status,
+                # the newest value of each (sensor, metric) since the collector started
+                "latest": [{"sensor": sensor, "metric": metric, "value": value, "unit": unit,
+                            "ts": ts}
+                           for (sensor, metric), (value, unit, ts) in sorted(s.latest.items())],
             }
             for s in self.all()
         ]

@@ -1,4 +1,4 @@
-"""`sensor-collector`: run the collector in the foreground."""
+"""`sensor-collector`: run the collector in the foreground, or one of its subcommands."""
 
 from __future__ import annotations
 
@@ -16,19 +16,40 @@ def parser() -> argparse.ArgumentParser:
         description="Receive readings from sensor agents over WebSockets, store them, "
                     "and serve them back (API, dashboard, metrics).",
     )
-    p.add_argument("--config", required=True, metavar="FILE", help="collector config (YAML)")
+    # Required unless a subcommand is given (checked in main): `--config FILE` alone runs it.
+    p.add_argument("--config", metavar="FILE", help="collector config (YAML)")
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages too")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND")
+    export = commands.add_parser(
+        "export", help="write stored readings as CSV or JSON lines",
+        description="Stream stored readings, oldest first, as CSV or JSON lines. "
+                    "Times are Unix seconds or ISO 8601 (no offset means UTC).")
+    export.add_argument("--config", required=True, metavar="FILE", help="collector config (YAML)")
+    export.add_argument("--since", metavar="T", help="only readings at or after T")
+    export.add_argument("--until", metavar="T", help="only readings at or before T")
+    export.add_argument("--agent", metavar="ID", help="only this agent's readings")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv",
+                        help="output format (default: csv)")
+    export.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.config is None:
+        p.error("the following arguments are required: --config")
     setup_logging(args.verbose)
     try:
         config = load_collector_config(args.config)
     except ConfigError as e:
         print(f"sensor-collector: config error: {e}", file=sys.stderr)
         return 2
+
+    if args.command == "export":
+        from . import export
+
+        return export.main(args, config.storage)
 
     from .collector import Collector
 

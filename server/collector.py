@@ -17,8 +17,10 @@ from . import http_api
 from .agents import AgentRegistry
 from .batcher import Batcher
 from .connection import serve_agent
+from .live import LiveFeed
 from .metrics import CollectorMetrics
 from .mqtt import MQTTBridge
+from .retention import Retention
 from .storage import Batch, Storage, open_storage
 
 log = logging.getLogger("sensor_edge.collector")
@@ -32,6 +34,8 @@ class Collector:
         self.storage: Storage | None = None
         self.agents: AgentRegistry | None = None
         self.batcher: Batcher | None = None
+        self.live: LiveFeed | None = None
+        self.retention: Retention | None = None
         self.mqtt: MQTTBridge | None = None
         self._server: Server | None = None
         # SQLite wants its writer on one thread; readers get a small pool of their own.
@@ -50,11 +54,19 @@ class Collector:
                                    [a.id for a in self.config.agents])
         self.storage = await loop.run_in_executor(self._writer, open_storage, self.config.storage)
         stored = await self.read(self.storage.agents)
-        self.agents = AgentRegistry([a.id for a in self.config.agents], stored)
+        self.agents = AgentRegistry([a.id for a in self.config.agents], stored,
+                                    stale_after=self.config.stale_after)
+        self.metrics.watch_agents(self.agents)
+        self.live = LiveFeed(self.agents, self.metrics)
+        self.live.start()
         if self.mqtt is not None:
             self.mqtt.start(self.agents)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
         self.batcher.start()
+        if self.config.retention_days is not None:
+            self.retention = Retention(self.storage, self._writer, self.config.retention_days,
+                                       on_deleted=self.metrics.readings_expired.inc)
+            self.retention.start()
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -84,6 +96,10 @@ class Collector:
                 await asyncio.wait_for(self._server.wait_closed(), 3)
             except TimeoutError:
                 log.warning("some connections did not close in time")
+        if self.live is not None:
+            await self.live.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         if self.batcher is not None:
             await self.batcher.stop()
         if self.mqtt is not None:  # after the batcher: its last commits get published too
@@ -94,6 +110,9 @@ class Collector:
         self._readers.shutdown(wait=False, cancel_futures=True)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if getattr(ws, "live", False):  # a browser on /v1/live
+            await self.live.serve(ws)
+            return
         agent_id = getattr(ws, "agent_id", None)
         if agent_id is None:  # an upgrade on a path other than /v1/stream
             await ws.close(1008, "unknown endpoint")
@@ -112,7 +131,7 @@ class Collector:
         for batch, count in zip(batches, added):
             m.readings_stored.inc(count)
             m.readings_duplicate.inc(len(batch.rows) - count)
-            m.agent_last_seen.labels(batch.agent).set(now)
             self.agents.stored(batch.agent, batch.rows, count, now)
+        self.live.publish(batches, added)
         if self.mqtt is not None:
             self.mqtt.stored(batches, added)

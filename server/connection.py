@@ -68,7 +68,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                     log.warning("agent %s: its clock is %.1f s off the collector's", agent_id,
                                 -offset)
             elif isinstance(message, Status):
-                collector.agents.get(agent_id).status = message.fields
+                collector.agents.status_received(agent_id, message.fields, time.time())
             elif isinstance(message, Bye):
                 # Ack what is in flight, then close normally.
                 await pending.put(None)

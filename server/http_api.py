@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import json
 import math
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +18,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from . import dashboard
+from .export import readings_csv
+from .live import LIVE_PATH, same_origin
 from .protocol import STREAM_PATH
 from .storage import ReadingQuery
 
@@ -37,7 +38,8 @@ class BadRequest(Exception):
 def respond(status: int, body: bytes | str, content_type: str) -> Response:
     if isinstance(body, str):
         body = body.encode()
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+              404: "Not Found",
               405: "Method Not Allowed", 503: "Service Unavailable"}.get(status, "")
     headers = Headers([
         ("Content-Type", content_type),
@@ -84,6 +86,12 @@ async def route(collector: Collector, connection: ServerConnection,
             return response
         connection.agent_id = agent_id  # type: ignore[attr-defined]
         return None
+    if path == LIVE_PATH:
+        if not same_origin(request.headers.get("Origin"), request.headers.get("Host")):
+            return respond_json(403, {"error": "forbidden",
+                                      "detail": "the live feed is for this collector's own page"})
+        connection.live = True  # type: ignore[attr-defined]
+        return None
     try:
         if path == "/healthz":
             return respond_json(200, {"status": "ok"})
@@ -95,8 +103,15 @@ async def route(collector: Collector, connection: ServerConnection,
             query = reading_query(parse_qs(url.query, keep_blank_values=False))
             rows = await collector.read(collector.storage.readings, query)
             return respond_json(200, {"readings": rows})
-        if path in ("/", "/index.html"):
-            return respond(200, agents_page(collector), "text/html; charset=utf-8")
+        if path == "/api/readings.csv":
+            query = reading_query(parse_qs(url.query, keep_blank_values=False))
+            rows = await collector.read(collector.storage.readings, query)
+            response = respond(200, readings_csv(rows), "text/csv; charset=utf-8")
+            response.headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
+            return response
+        asset = dashboard.asset(path)
+        if asset is not None:
+            return respond(200, *asset)
     except BadRequest as e:
         return respond_json(400, {"error": "bad_request", "detail": str(e)})
     return respond_json(404, {"error": "not_found", "detail": f"no such endpoint: {path}"})
@@ -128,37 +143,3 @@ def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
         limit = int(limit_raw)
     return ReadingQuery(agent=one("agent"), sensor=one("sensor"), metric=one("metric"),
                         since=seconds("since"), until=seconds("until"), limit=limit)
-
-
-def agents_page(collector: Collector) -> str:
-    """A plain page: every agent and the latest value of each of its sensors."""
-    now = time.time()
-    parts = []
-    for state in collector.agents.all():
-        seen = "never" if state.last_seen is None else f"{now - state.last_seen:.0f} s ago"
-        status = "connected" if state.connections else "disconnected"
-        rows = "".join(
-            f"<tr><td>{html.escape(sensor)}</td><td>{html.escape(metric)}</td>"
-            f"<td class=v>{value:g} {html.escape(unit)}</td>"
-            f"<td>{time.strftime('%H:%M:%S', time.localtime(ts))}</td></tr>"
-            for (sensor, metric), (value, unit, ts) in sorted(state.latest.items())
-        )
-        parts.append(
-            f"<section><h2>{html.escape(state.id)} <small class={status}>{status}</small></h2>"
-            f"<p>last seen {seen}; {state.readings} readings stored</p>"
-            f"<table><tr><th>sensor</th><th>metric</th><th>value</th><th>read at</th></tr>"
-            f"{rows}</table></section>"
-        )
-    return PAGE.format(body="".join(parts) or "<p>No agents configured.</p>")
-
-
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>sensor-edge collector</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}}.v{{text-align:right}}
-.connected{{color:#080}}.disconnected{{color:#a00}}</style></head>
-<body><h1>sensor-edge collector</h1>{body}
-<p><a href="/api/agents">/api/agents</a> &middot; <a href="/api/readings">/api/readings</a>
-&middot; <a href="/metrics">/metrics</a></p></body></html>
-"""

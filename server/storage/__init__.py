@@ -8,9 +8,13 @@ off the event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..protocol import Reading
+
+# A stored reading's columns, in the order every row-returning method uses.
+READING_COLUMNS = ("agent", "epoch", "seq", "sensor", "metric", "value", "unit", "ts")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,23 @@ class Storage(Protocol):
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent that ever stored a reading: id, last_seen, readings."""
+
+    def iter_readings(self, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
+        """Every reading that matches (``query.limit`` is ignored), oldest first.
+
+        Rows are tuples in :data:`READING_COLUMNS` order, sorted by
+        (ts, agent, epoch, seq). Pages of ``chunk`` rows are fetched by keyset
+        (``WHERE (ts, agent, epoch, seq) > last row's``, never OFFSET), so memory
+        stays flat however many rows match and each page is a short read.
+        """
+
+    def delete_older_than(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` readings with ``ts < cutoff`` in one short
+        transaction; return how many were deleted (fewer than ``limit``: done).
+
+        Called from the writer thread between commits; the per-epoch acked seq
+        is kept, so an agent is never asked to resend an expired reading.
+        """
 
     def close(self) -> None: ...
 

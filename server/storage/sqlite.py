@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-from . import Batch, ReadingQuery
+from . import READING_COLUMNS, Batch, ReadingQuery
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -111,26 +112,47 @@ class SQLiteStorage:
         return row[0] if row else 0
 
     def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
-        where, args = [], []
-        for column, value in (("agent", query.agent), ("sensor", query.sensor),
-                              ("metric", query.metric)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if query.since is not None:
-            where.append("ts >= ?")
-            args.append(query.since)
-        if query.until is not None:
-            where.append("ts <= ?")
-            args.append(query.until)
-        sql = "SELECT agent, epoch, seq, sensor, metric, value, unit, ts FROM readings"
+        where, args = _filters(query)
+        sql = _SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
         # The newest `limit`, handed back oldest first.
         sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
         rows = self._connection().execute(sql, (*args, query.limit)).fetchall()
-        keys = ("agent", "epoch", "seq", "sensor", "metric", "value", "unit", "ts")
-        return [dict(zip(keys, row)) for row in reversed(rows)]
+        return [dict(zip(READING_COLUMNS, row)) for row in reversed(rows)]
+
+    def iter_readings(self, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
+        where, args = _filters(query)
+        db = self._connection()
+        after: tuple | None = None
+        while True:
+            clauses, values = list(where), list(args)
+            if after is not None:
+                clauses.append("(ts, agent, epoch, seq) > (?, ?, ?, ?)")
+                values.extend(after)
+            sql = _SELECT
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            sql += " ORDER BY ts, agent, epoch, seq LIMIT ?"
+            rows = db.execute(sql, (*values, chunk)).fetchall()
+            yield from rows
+            if len(rows) < chunk:
+                return
+            last = rows[-1]
+            after = (last[7], last[0], last[1], last[2])
+
+    def delete_older_than(self, cutoff: float, limit: int) -> int:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = db.execute(
+                "DELETE FROM readings WHERE rowid IN "
+                "(SELECT rowid FROM readings WHERE ts < ? LIMIT ?)", (cutoff, limit)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return deleted
 
     def agents(self) -> list[dict[str, Any]]:
         rows = self._connection().execute(
@@ -146,3 +168,24 @@ class SQLiteStorage:
                 db.close()
             except sqlite3.Error:
                 pass
+
+
+_SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+
+
+def _filters(query: ReadingQuery) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses and their arguments for a query's filters."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in (("agent", query.agent), ("sensor", query.sensor),
+                          ("metric", query.metric)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if query.since is not None:
+        where.append("ts >= ?")
+        args.append(query.since)
+    if query.until is not None:
+        where.append("ts <= ?")
+        args.append(query.until)
+    return where, args

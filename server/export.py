@@ -1,0 +1,181 @@
+"""`sensor-collector export`: stream stored readings out as CSV or JSON lines.
+
+Rows come from :meth:`Storage.iter_readings` page by page and are written as
+they come, so exporting a year of readings takes as little memory as a day.
+The CSV shape is the same as `GET /api/readings.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from .storage import READING_COLUMNS, ReadingQuery, open_storage
+
+FORMATS = ("csv", "jsonl")
+# How often the progress line is redrawn.
+PROGRESS_EVERY = 0.25
+
+
+class ExportError(Exception):
+    """An operator mistake or an unreadable store: one line, no traceback."""
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds, or ISO 8601 (a date, or a date and time; no offset means UTC)."""
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ExportError(f"not a time: {text!r}")
+        return value
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ExportError(f"not Unix seconds nor ISO 8601: {text!r} "
+                          "(for example 1714557600 or 2024-05-01T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
+    """A header line, then one CSV line per row (columns in READING_COLUMNS order)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(READING_COLUMNS)
+    for row in rows:
+        writer.writerow(row)
+        # Hand lines on in small runs: the writer is fast, the buffer must stay small.
+        if buffer.tell() > 65536:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def jsonl_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
+    for row in rows:
+        yield json.dumps(dict(zip(READING_COLUMNS, row)), separators=(",", ":")) + "\n"
+
+
+def readings_csv(rows: list[dict[str, Any]]) -> str:
+    """`/api/readings` rows (dicts) as a CSV document."""
+    return "".join(csv_lines([[r[c] for c in READING_COLUMNS] for r in rows]))
+
+
+class Progress:
+    """A one-line progress bar on a terminal, judged by how far through time the rows are."""
+
+    def __init__(self, stream: IO[str], start: float | None, end: float):
+        self._stream = stream
+        self._start = start
+        self._end = end
+        self._began = time.monotonic()
+        self._drawn = 0.0
+        self.rows = 0
+
+    def row(self, rows: int, ts: float) -> None:
+        self.rows = rows
+        if self._start is None:
+            self._start = ts
+        now = time.monotonic()
+        if now - self._drawn >= PROGRESS_EVERY:
+            self._drawn = now
+            self._draw(ts)
+
+    def done(self) -> None:
+        self._draw(self._end, final=True)
+
+    def _draw(self, ts: float, final: bool = False) -> None:
+        span = (self._end - self._start) if self._start is not None else 0.0
+        fraction = 1.0 if final or span <= 0 else min(1.0, max(0.0, (ts - self._start) / span))
+        width = 30
+        filled = int(fraction * width)
+        elapsed = max(1e-6, time.monotonic() - self._began)
+        self._stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} "
+                           f"{self.rows:,} rows  {self.rows / elapsed:,.0f} rows/s"
+                           + ("\n" if final else ""))
+        self._stream.flush()
+
+
+def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
+           progress: IO[str] | None = None) -> int:
+    """Write every matching reading to ``out``; return how many were written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if "://" not in storage_url and not os.path.exists(storage_url):
+        raise ExportError(f"no readings database at {storage_url}")
+    try:
+        storage = open_storage(storage_url)
+    except Exception as e:
+        raise ExportError(f"cannot open {storage_url}: {e}") from None
+    bar = None
+    if progress is not None:
+        bar = Progress(progress, query.since,
+                       query.until if query.until is not None else time.time())
+    written = 0
+
+    def counted(rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
+        nonlocal written
+        for row in rows:
+            written += 1
+            if bar is not None:
+                bar.row(written, row[7])
+            yield row
+
+    try:
+        rows = counted(storage.iter_readings(query))
+        for text in csv_lines(rows) if fmt == "csv" else jsonl_lines(rows):
+            out.write(text)
+        out.flush()
+    finally:
+        storage.close()
+    if bar is not None:
+        bar.rows = written
+        bar.done()
+    return written
+
+
+def main(args: Any, config_storage: str) -> int:
+    """The `export` subcommand, given parsed arguments and the configured storage."""
+    try:
+        query = ReadingQuery(
+            agent=args.agent,
+            since=None if args.since is None else parse_time(args.since),
+            until=None if args.until is None else parse_time(args.until),
+        )
+        progress = sys.stderr if sys.stderr.isatty() else None
+        if args.out in (None, "-"):
+            export(config_storage, query, args.format, sys.stdout, progress)
+        else:
+            # Written aside and renamed when complete: a half export never looks whole.
+            partial = args.out + ".part"
+            try:
+                with open(partial, "w", encoding="utf-8", newline="") as out:
+                    export(config_storage, query, args.format, out, progress)
+                os.replace(partial, args.out)
+            except OSError as e:
+                raise ExportError(f"cannot write {args.out}: {e.strerror or e}") from None
+            finally:
+                if os.path.exists(partial):
+                    os.unlink(partial)
+    except ExportError as e:
+        print(f"sensor-collector export: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `export | head`: the reader has had enough; that is not an error. Point
+        # stdout at /dev/null so the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0

@@ -1,0 +1,365 @@
+// The collector's dashboard: every agent's health and, per sensor, the latest
+// value and a chart of the last hours. History comes from /api/readings once per
+// (re)connection; after that everything arrives over the /v1/live WebSocket.
+// Every text from the collector is set with textContent, never parsed as HTML.
+"use strict";
+
+(function () {
+  const HISTORY_LIMIT = 50000;   // newest readings fetched per agent for the charts
+  const RECONNECT_MAX = 10000;   // ms between two tries, at most
+  const FAILING = 3;             // failed reads in a row that mark a sensor as failing
+  const COLORS = ["#0a58ca", "#c0392b", "#1a7f37", "#8e44ad", "#b7791f", "#16808a"];
+  const DIGITAL = { motion: ["idle", "motion"], pressed: ["released", "pressed"] };
+
+  const main = document.getElementById("agents");
+  const link = document.getElementById("link");
+  const summary = document.getElementById("summary");
+  const hoursSelect = document.getElementById("hours");
+
+  const agents = new Map();        // id -> card
+  let skew = 0;                    // collector clock minus this browser's, in seconds
+  let windowSeconds = 3 * 3600;
+  let socket = null;
+  let failures = 0;
+  let queued = null;               // live readings that arrive while history loads
+  let dirty = new Set();
+  let frame = 0;
+
+  const now = () => Date.now() / 1000 + skew;
+
+  // ---- formatting -------------------------------------------------------
+  function ago(ts) {
+    if (ts == null) return "never";
+    const s = Math.max(0, now() - ts);
+    if (s < 90) return Math.round(s) + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    if (s < 172800) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " days ago";
+  }
+  function duration(s) {
+    if (typeof s !== "number") return "?";
+    if (s < 120) return Math.round(s) + " s";
+    if (s < 7200) return Math.round(s / 60) + " min";
+    if (s < 172800) return (s / 3600).toFixed(1) + " h";
+    return (s / 86400).toFixed(1) + " days";
+  }
+  function number(v, digits) {
+    return typeof v === "number" && isFinite(v)
+      ? v.toLocaleString(undefined, { maximumFractionDigits: digits }) : "?";
+  }
+  function formatValue(metric, value) {
+    const words = DIGITAL[metric];
+    if (words) return words[value >= 0.5 ? 1 : 0];
+    return number(value, 2);
+  }
+  function el(tag, className, text) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+
+  // ---- agents -----------------------------------------------------------
+  function card(id) {
+    let c = agents.get(id);
+    if (c) return c;
+    const root = el("section", "agent offline");
+    root.dataset.agent = id;
+    const head = el("div");
+    head.append(el("h2", null, id));
+    const badge = el("span", "badge", "never seen");
+    head.append(badge);
+    const health = el("div", "health");
+    const sensors = el("div", "sensors");
+    root.append(head, health, sensors);
+    c = { id, root, badge, health, sensors, tiles: new Map(), info: null };
+    agents.set(id, c);
+    // Keep cards in id order.
+    const ids = [...agents.keys()].sort();
+    const next = ids[ids.indexOf(id) + 1];
+    const empty = main.querySelector(".empty");
+    if (empty) empty.remove();
+    main.insertBefore(root, next ? agents.get(next).root : null);
+    return c;
+  }
+
+  function updateAgents(list) {
+    for (const info of list) {
+      const c = card(info.id);
+      c.info = info;
+      for (const l of info.latest || []) {
+        const t = tile(c, l.sensor, l.metric, l.unit);
+        if (t.lastTs == null || l.ts > t.lastTs) showLatest(t, l.value, l.ts);
+      }
+      drawHealth(c);
+    }
+    const live = list.filter((a) => a.connected && !a.stale).length;
+    summary.textContent = `${live} of ${list.length} agents live`;
+  }
+
+  function drawHealth(c) {
+    const info = c.info;
+    if (!info) return;
+    const state = info.stale ? (info.last_seen == null ? "never seen" : "stale")
+      : info.connected ? "live" : "offline";
+    c.root.className = "agent " + (info.stale ? "stale" : info.connected ? "live" : "offline");
+    c.badge.textContent = state;
+    const st = info.status || {};
+    const items = [
+      ["last seen", ago(info.last_seen), info.stale],
+      ["connected", info.connected ? "yes" : "no", !info.connected],
+      ["clock offset", info.clock_offset == null ? "?" : (info.clock_offset >= 0 ? "+" : "")
+        + number(info.clock_offset, 2) + " s", Math.abs(info.clock_offset || 0) > 2],
+      ["backlog", st.buffer_depth == null ? "?" : number(st.buffer_depth, 0) + " readings"
+        + (st.buffer_oldest_age ? ", oldest " + duration(st.buffer_oldest_age) : ""),
+        st.buffer_depth > 1000],
+      ["dropped", st.dropped == null ? "?" : number(st.dropped, 0), st.dropped > 0],
+      ["version", info.version || st.version || "?", false],
+      ["uptime", st.uptime == null ? "?" : duration(st.uptime), false],
+      ["CPU", st.cpu_temperature == null ? "-" : number(st.cpu_temperature, 1) + " °C",
+        st.cpu_temperature > 75],
+      ["clock sync", st.clock_synced == null ? "?" : st.clock_synced ? "yes" : "no",
+        st.clock_synced === false],
+      ["stored", number(info.readings, 0), false],
+    ];
+    const spans = items.map(([label, value, bad]) => {
+      const s = el("span", bad ? "bad" : null, label + " ");
+      s.append(el("b", null, value));
+      return s;
+    });
+    c.health.replaceChildren(...spans);
+    const sensors = st.sensors && typeof st.sensors === "object" ? st.sensors : {};
+    for (const t of c.tiles.values()) drawReads(t, sensors[t.sensor]);
+  }
+
+  function drawReads(t, stats) {
+    if (!stats || typeof stats !== "object") {
+      t.reads.textContent = "";
+      return;
+    }
+    const failed = Number(stats.failed) || 0;
+    let text = `reads: ${number(stats.good, 0)} good, ${number(failed, 0)} failed`;
+    if (failed && stats.last_error) text += ` (last: ${stats.last_error})`;
+    t.reads.textContent = text;
+    t.reads.title = stats.last_error || "";
+    // Failing now, not just now and then (a DHT misses a read every so often).
+    t.reads.className = "reads" + (Number(stats.consecutive_failures) >= FAILING ? " bad" : "");
+  }
+
+  // ---- sensor tiles and charts ------------------------------------------
+  function tile(c, sensor, metric, unit) {
+    const key = sensor + "\u0000" + metric;
+    let t = c.tiles.get(key);
+    if (t) return t;
+    const root = el("div", "tile");
+    root.dataset.agent = c.id;
+    root.dataset.sensor = sensor;
+    root.dataset.metric = metric;
+    const name = el("div", "name", `${sensor} · ${metric}`);
+    const age = el("span", "age", "");
+    const line = el("div");
+    const value = el("span", "value", "–");
+    const unitEl = el("span", "unit", unit || "");
+    line.append(value, unitEl, age);
+    const chart = el("div", "chart");
+    const reads = el("div", "reads", "");
+    root.append(name, line, chart, reads);
+    t = { c, sensor, metric, unit, root, value, age, chart, reads, xs: [], ys: [],
+      lastTs: null, plot: null, color: COLORS[c.tiles.size % COLORS.length] };
+    c.tiles.set(key, t);
+    root.dataset.color = t.color;
+    // Tiles in (sensor, metric) order.
+    const keys = [...c.tiles.keys()].sort();
+    const next = keys[keys.indexOf(key) + 1];
+    c.sensors.insertBefore(root, next ? c.tiles.get(next).root : null);
+    t.plot = makePlot(t);
+    drawReads(t, c.info && c.info.status && c.info.status.sensors
+      ? c.info.status.sensors[sensor] : null);
+    return t;
+  }
+
+  function makePlot(t) {
+    const digital = metricIsDigital(t.metric);
+    const opts = {
+      width: Math.max(200, t.chart.clientWidth || 280),
+      height: 120,
+      legend: { show: false },
+      cursor: { drag: { x: false, y: false } },
+      scales: {
+        x: { time: true, range: () => [now() - windowSeconds, now()] },
+        y: digital ? { range: [-0.1, 1.1] } : {},
+      },
+      axes: [
+        { stroke: "#646b75", grid: { stroke: "#eef0f2" }, ticks: { stroke: "#e3e6ea" }, size: 28 },
+        { stroke: "#646b75", grid: { stroke: "#eef0f2" }, ticks: { stroke: "#e3e6ea" }, size: 42,
+          values: digital ? (u, vals) => vals.map((v) => (v === 0 || v === 1 ? String(v) : ""))
+            : undefined },
+      ],
+      series: [
+        {},
+        {
+          stroke: t.color, width: 1.5, fill: t.color + "1a", points: { show: false },
+          paths: digital ? uPlot.paths.stepped({ align: 1 }) : undefined,
+        },
+      ],
+    };
+    return new uPlot(opts, [t.xs, t.ys], t.chart);
+  }
+
+  function metricIsDigital(metric) {
+    return Object.prototype.hasOwnProperty.call(DIGITAL, metric);
+  }
+
+  function showLatest(t, value, ts) {
+    t.lastTs = ts;
+    t.value.textContent = formatValue(t.metric, value);
+    t.age.textContent = ago(ts);
+    t.root.dataset.ts = String(ts);
+  }
+
+  function addReading(r) {
+    const c = card(r.agent);
+    const t = tile(c, r.sensor, r.metric, r.unit);
+    const n = t.xs.length;
+    if (n === 0 || r.ts >= t.xs[n - 1]) {
+      t.xs.push(r.ts);
+      t.ys.push(r.value);
+    } else {
+      // Late (a backlog draining after an outage): keep the series sorted.
+      let i = n;
+      while (i > 0 && t.xs[i - 1] > r.ts) i--;
+      t.xs.splice(i, 0, r.ts);
+      t.ys.splice(i, 0, r.value);
+    }
+    if (t.lastTs == null || r.ts >= t.lastTs) showLatest(t, r.value, r.ts);
+    dirty.add(t);
+    schedule();
+  }
+
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(redraw);
+  }
+
+  function redraw() {
+    frame = 0;
+    const start = now() - windowSeconds;
+    for (const t of dirty) {
+      // Forget what slid out of the window, in one cut.
+      let cut = 0;
+      while (cut < t.xs.length && t.xs[cut] < start) cut++;
+      if (cut) {
+        t.xs.splice(0, cut);
+        t.ys.splice(0, cut);
+      }
+      t.plot.setData([t.xs, t.ys]);
+    }
+    dirty = new Set();
+  }
+
+  function everyTile(fn) {
+    for (const c of agents.values()) for (const t of c.tiles.values()) fn(t);
+  }
+
+  // ---- history and the live feed ----------------------------------------
+  async function getJSON(path) {
+    const response = await fetch(path, { cache: "no-store" });
+    if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+    return response.json();
+  }
+
+  async function loadHistory() {
+    const since = now() - windowSeconds;
+    const list = (await getJSON("/api/agents")).agents;
+    updateAgents(list);
+    const pages = await Promise.all(list.map((a) => getJSON(
+      `/api/readings?agent=${encodeURIComponent(a.id)}&since=${since}&limit=${HISTORY_LIMIT}`)));
+    everyTile((t) => { t.xs = []; t.ys = []; });
+    for (const page of pages) for (const r of page.readings) addReading(r);
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(scheme + location.host + "/v1/live");
+    socket = ws;
+    queued = [];
+    ws.onopen = async () => {
+      failures = 0;
+      link.textContent = "live";
+      link.className = "link up";
+      document.body.dataset.live = "true";
+      try {
+        await loadHistory();
+      } catch (e) {
+        console.warn("history:", e);
+      }
+      // Readings that came in while the history loaded, unless it already had them.
+      const pending = queued || [];
+      queued = null;
+      for (const r of pending) {
+        const t = agents.get(r.agent)?.tiles.get(r.sensor + "\u0000" + r.metric);
+        if (!t || !t.xs.length || r.ts > t.xs[t.xs.length - 1]) addReading(r);
+      }
+    };
+    ws.onmessage = (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch (e) {
+        return;
+      }
+      if (message.type === "agents") {
+        if (typeof message.time === "number") skew = message.time - Date.now() / 1000;
+        updateAgents(message.agents || []);
+      } else if (message.type === "readings") {
+        for (const r of message.readings || []) {
+          if (queued) queued.push(r); else addReading(r);
+        }
+      }
+    };
+    ws.onclose = () => {
+      if (socket !== ws) return;
+      document.body.dataset.live = "false";
+      failures += 1;
+      // Back off, with jitter, so a restarted collector is not stampeded by every tab.
+      const delay = Math.min(RECONNECT_MAX, 500 * 2 ** Math.min(failures, 5))
+        * (0.5 + Math.random() / 2);
+      link.textContent = `reconnecting in ${Math.ceil(delay / 1000)} s`;
+      link.className = "link down";
+      setTimeout(connect, delay);
+    };
+  }
+
+  // ---- the page ---------------------------------------------------------
+  const wanted = Number(new URLSearchParams(location.search).get("hours"));
+  if (wanted > 0 && wanted <= 24 * 31) {
+    windowSeconds = wanted * 3600;
+    if (![...hoursSelect.options].some((o) => Number(o.value) === wanted)) {
+      hoursSelect.append(new Option(`${wanted} hours`, String(wanted)));
+    }
+    hoursSelect.value = String(wanted);
+  }
+  hoursSelect.addEventListener("change", () => {
+    windowSeconds = Number(hoursSelect.value) * 3600;
+    const url = new URL(location.href);
+    url.searchParams.set("hours", hoursSelect.value);
+    history.replaceState(null, "", url);
+    loadHistory().catch((e) => console.warn("history:", e));
+  });
+
+  // Relative times tick, and the charts' time axis moves on, even when nothing new arrives.
+  setInterval(() => {
+    everyTile((t) => {
+      if (t.lastTs != null) t.age.textContent = ago(t.lastTs);
+      dirty.add(t);
+    });
+    for (const c of agents.values()) drawHealth(c);
+    schedule();
+  }, 5000);
+
+  new ResizeObserver(() => everyTile((t) => {
+    const width = t.chart.clientWidth;
+    if (width && Math.abs(width - t.plot.width) > 2) t.plot.setSize({ width, height: 120 });
+  })).observe(main);
+
+  connect();
+})();
