@@ -219,7 +219,8 @@ class Uplink:
                 self._wake.set()
             elif isinstance(message, Error):
                 log.error("collector refused our data: %s: %s", message.error, message.detail)
-        raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
+        state = ws.protocol
+        raise ConnectionClosed(state.close_rcvd, state.close_sent, state.close_rcvd_then_sent)
 
     async def _report(self, ws: ClientConnection) -> None:
         """Send a status now and every `status_every` seconds while connected."""
