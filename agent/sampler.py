@@ -2,9 +2,10 @@
 
 Blocking reads run on a small thread pool; digital edges arrive on
 gpiozero's threads and reach the event loop through call_soon_threadsafe.
-A DHT is never read sooner than its floor after the previous read, failed
-or not; a failing sensor is retried at the floor, counted and logged, and
-never stops the agent.
+A DHT is never read sooner than its spacing (its floor, and the library's
+cache window) after the previous read ended, failed or not; a failing sensor
+is retried at that spacing, counted by kind and logged, and never stops the
+agent.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..config.model import READ_FLOORS
 from .sensors import DigitalSensor, Sample, Sensor, SensorReadError
 
 log = logging.getLogger("sensor_edge.agent.sampler")
@@ -63,22 +63,21 @@ class Sampler:
     async def _poll(self, sensor: Sensor) -> None:
         loop = asyncio.get_running_loop()
         interval = sensor.config.interval
-        floor = READ_FLOORS.get(sensor.config.type, 0.0)
+        spacing = sensor.min_spacing
         stats = self.stats[sensor.name]
         next_read = loop.time()
         while True:
             await asyncio.sleep(max(0.0, next_read - loop.time()))
-            started = loop.time()
             try:
                 samples = await loop.run_in_executor(self._executor, sensor.read)
             except SensorReadError as e:
                 self._failed(sensor, stats, e.kind, str(e))
-                # Retry soon, but never sooner than the floor after this read began.
-                next_read = started + max(floor, min(interval, DEFAULT_RETRY))
+                # Retry soon, but never sooner than the spacing after this read ended.
+                next_read = loop.time() + max(spacing, min(interval, DEFAULT_RETRY))
                 continue
             except Exception as e:  # a driver bug must not take the agent down
                 self._failed(sensor, stats, "error", f"{type(e).__name__}: {e}")
-                next_read = started + max(floor, interval)
+                next_read = loop.time() + max(spacing, interval)
                 continue
             if stats.consecutive_failures >= LOUD_FAILURES[1]:
                 log.info("sensor %s reads again after %d failures", sensor.name,
@@ -87,7 +86,7 @@ class Sampler:
             stats.consecutive_failures = 0
             self._emit(samples)
             # Keep the cadence, but never fall behind by more than one interval.
-            next_read = max(next_read + interval, started + floor, loop.time() - interval)
+            next_read = max(next_read + interval, loop.time() + spacing, loop.time() - interval)
 
     def _failed(self, sensor: Sensor, stats: SensorStats, kind: str, message: str) -> None:
         stats.failed += 1

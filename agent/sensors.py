@@ -7,11 +7,12 @@ from gpiozero's own threads.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from ..config.model import SensorConfig
-from .backends import Backend
+from ..config.model import READ_FLOORS, SensorConfig
+from .backends import DHT_CACHE_SECONDS, Backend
 
 # (sensor, metric, value, unit, ts)
 Sample = tuple[str, str, float, str, float]
@@ -33,6 +34,9 @@ class SensorReadError(Exception):
 
 
 class Sensor:
+    # Seconds from the end of one read to the start of the next, at the least.
+    min_spacing = 0.0
+
     def __init__(self, config: SensorConfig):
         self.config = config
         self.name = config.name
@@ -47,9 +51,24 @@ class Sensor:
 class DHTSensor(Sensor):
     def __init__(self, config: SensorConfig, backend: Backend):
         super().__init__(config)
+        # Sooner than the library's cache window, a read would repeat an old
+        # measurement (or None) as if it were new: the DHT11's 1 s floor included.
+        self.min_spacing = max(READ_FLOORS[config.type], DHT_CACHE_SECONDS)
+        self._last_read_end: float | None = None
         self.device = backend.dht(config)
 
     def read(self) -> list[Sample]:
+        # The sampler already spaces reads; this is the guarantee for any caller.
+        if self._last_read_end is not None:
+            wait = self._last_read_end + self.min_spacing - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        try:
+            return self._measure()
+        finally:
+            self._last_read_end = time.monotonic()
+
+    def _measure(self) -> list[Sample]:
         try:
             temperature = self.device.temperature
             humidity = self.device.humidity
@@ -87,6 +106,10 @@ def _dht_failure_kind(message: str) -> str:
         return "checksum"
     if "timed out" in text or "timeout" in text or "full buffer" in text:
         return "timeout"
+    if "not found" in text:  # "DHT sensor not found, check wiring"
+        return "not_found"
+    if "unplausible" in text or "implausible" in text:
+        return "implausible"
     return "error"
 
 
@@ -104,27 +127,80 @@ class CpuTemperatureSensor(Sensor):
 
 
 class DigitalSensor(Sensor):
-    """A button or PIR: a reading on every edge (1 active, 0 idle), and on `interval`."""
+    """A button or PIR: a reading on every edge (1 active, 0 idle), and on `interval`.
+
+    With ``debounce``, a change within that many seconds of the last reported
+    one is contact bounce: it is not reported, but the input is looked at again
+    when the window ends and its settled state reported if it differs. So the
+    readings always alternate and always end on the input's real state. Done
+    here rather than by the pin factory's bounce_time: gpiozero's MockPin
+    ignores that, and lgpio and RPi.GPIO each mean something else by it.
+    """
 
     def __init__(self, config: SensorConfig, backend: Backend):
         super().__init__(config)
         self.metric = DIGITAL_METRIC[config.type]
+        self.debounce = config.debounce or 0.0
         self.device = backend.digital_input(config)
+        self._lock = threading.Lock()
+        self._callback: Callable[[Sample], None] | None = None
+        self._reported = self._state()
+        self._reported_at = float("-inf")
+        self._settle: threading.Timer | None = None
+        self._closed = False
 
     def on_edge(self, callback: Callable[[Sample], None]) -> None:
         """Call ``callback`` with a sample on every edge (from gpiozero's thread)."""
-        self.device.when_activated = lambda: callback(self._sample(1.0))
-        self.device.when_deactivated = lambda: callback(self._sample(0.0))
+        self._callback = callback
+        self.device.when_activated = lambda: self._changed(1.0)
+        self.device.when_deactivated = lambda: self._changed(0.0)
+
+    def _state(self) -> float:
+        return 1.0 if self.device.is_active else 0.0
+
+    def _changed(self, value: float) -> None:
+        with self._lock:
+            if self._closed or value == self._reported:
+                return
+            now = time.monotonic()
+            wait = self._reported_at + self.debounce - now
+            if wait > 0:
+                if self._settle is None:
+                    self._settle = threading.Timer(wait, self._settled)
+                    self._settle.daemon = True
+                    self._settle.start()
+                return
+            self._report(value, now)
+
+    def _settled(self) -> None:
+        with self._lock:
+            self._settle = None
+            if self._closed:
+                return
+            value = self._state()
+            if value != self._reported:
+                self._report(value, time.monotonic())
+
+    def _report(self, value: float, now: float) -> None:
+        # Under the lock: edges reach the callback in the order they happened.
+        self._reported, self._reported_at = value, now
+        if self._callback is not None:
+            self._callback(self._sample(value))
 
     def read(self) -> list[Sample]:
-        return [self._sample(1.0 if self.device.is_active else 0.0)]
+        return [self._sample(self._state())]
 
     def _sample(self, value: float) -> Sample:
         return (self.name, self.metric, value, "", time.time())
 
     def close(self) -> None:
-        self.device.when_activated = None
-        self.device.when_deactivated = None
+        with self._lock:
+            self._closed = True
+            if self._settle is not None:
+                self._settle.cancel()
+        if self._callback is not None:  # gpiozero warns when clearing an unset callback
+            self.device.when_activated = None
+            self.device.when_deactivated = None
         self.device.close()
 
 
@@ -134,3 +210,20 @@ def open_sensor(config: SensorConfig, backend: Backend) -> Sensor:
     if config.type == "cpu_temperature":
         return CpuTemperatureSensor(config, backend)
     return DigitalSensor(config, backend)
+
+
+def open_sensors(configs: Iterable[SensorConfig], backend: Backend) -> list[Sensor]:
+    """Open every configured sensor; if one fails, release those already open."""
+    sensors: list[Sensor] = []
+    try:
+        for config in configs:
+            sensors.append(open_sensor(config, backend))
+    except BaseException:
+        # A DHT holds its pin until exit(): the next start must find it free.
+        for sensor in sensors:
+            try:
+                sensor.close()
+            except Exception:
+                pass
+        raise
+    return sensors

@@ -22,6 +22,7 @@ from .model import (
     BACKENDS,
     DEFAULT_POLL_INTERVAL,
     DIGITAL_TYPES,
+    PIN_FACTORIES,
     POLLED_TYPES,
     READ_FLOORS,
     SENSOR_TYPES,
@@ -72,6 +73,13 @@ class _Value:
         value = self._scalar()
         if not isinstance(value, str) or not value:
             raise self.error(f"expected a non-empty string, got {value!r}")
+        return value
+
+    def secret(self) -> str:
+        """A token or password: like string(), but an error never shows the value."""
+        value = self._scalar()
+        if not isinstance(value, str) or not value:
+            raise self.error("expected a non-empty string (put it in quotes)")
         return value
 
     def name(self) -> str:
@@ -276,7 +284,7 @@ def load_collector_config(path: str) -> CollectorConfig:
         hash_value = entry.get("token_sha256")
         if (token_value is None) == (hash_value is None):
             raise item.error("each agent needs exactly one of 'token' or 'token_sha256'")
-        token = token_value.string() if token_value is not None else None
+        token = token_value.secret() if token_value is not None else None
         token_sha256 = hash_value.sha256_hex() if hash_value is not None else None
         entry.finish()
         if agent_id in seen_ids:
@@ -303,6 +311,18 @@ def load_collector_config(path: str) -> CollectorConfig:
             max_batch_readings=section.take(
                 "max_batch_readings", lambda v: v.integer(1000, 99_999), limits.max_batch_readings
             ),
+            max_readings_per_second=section.take(
+                "max_readings_per_second", lambda v: v.number(1), limits.max_readings_per_second
+            ),
+            handshake_timeout=section.take(
+                "handshake_timeout", _Value.seconds, limits.handshake_timeout
+            ),
+            max_connections=section.take(
+                "max_connections", lambda v: v.integer(1, None), limits.max_connections
+            ),
+            bad_token_max_delay=section.take(
+                "bad_token_max_delay", lambda v: v.number(0, 60), limits.bad_token_max_delay
+            ),
         )
         section.finish()
     stale_after = root.take("stale_after", _Value.seconds, CollectorConfig.stale_after)
@@ -311,7 +331,7 @@ def load_collector_config(path: str) -> CollectorConfig:
     api = root.get("api")
     if api is not None:
         section = api.section()
-        api_token = section.take("token", _Value.string, None)
+        api_token = section.take("token", _Value.secret, None)
         section.finish()
     mqtt = root.take("mqtt", _mqtt, None)
     root.finish()
@@ -340,7 +360,7 @@ def _mqtt(value: _Value) -> MQTTConfig:
         host=section.take("host", _Value.string, d.host),
         port=section.take("port", lambda v: v.integer(1, 65535), d.port),
         username=section.take("username", _Value.string, d.username),
-        password=section.take("password", _Value.string, d.password),
+        password=section.take("password", _Value.secret, d.password),
         tls=section.take("tls", _Value.boolean, d.tls),
         prefix=section.take("prefix", _Value.string, d.prefix),
         discovery_prefix=section.take("discovery_prefix", _Value.string, d.discovery_prefix),
@@ -370,7 +390,7 @@ def load_agent_config(path: str) -> AgentConfig:
         urls = tuple(_url(item) for item in url_list.items())
         if not urls:
             raise url_list.error("the list of collector URLs is empty")
-    token = collector.require("token", _Value.string)
+    token = collector.require("token", _Value.secret)
     ca = collector.take("ca", _Value.file, None)
     cert = collector.take("cert", _Value.file, None)
     key_value = collector.get("key")
@@ -388,6 +408,7 @@ def load_agent_config(path: str) -> AgentConfig:
         section.finish()
 
     backend = root.take("backend", lambda v: v.choice(BACKENDS), "auto")
+    pin_factory = root.take("pin_factory", lambda v: v.choice(PIN_FACTORIES), None)
 
     sensors: list[SensorConfig] = []
     names: set[str] = set()
@@ -415,6 +436,7 @@ def load_agent_config(path: str) -> AgentConfig:
         buffer_path=buffer_path,
         max_buffered=max_buffered,
         backend=backend,
+        pin_factory=pin_factory,
         sensors=tuple(sensors),
         warnings=tuple(warnings),
     )
@@ -445,6 +467,12 @@ def _sensor(item: _Value, warnings: list[str]) -> SensorConfig:
             f"{interval:g} s is faster than a {kind} can be read; using {floor:g} s"
         )
         interval = floor
+    debounce_value = section.get("debounce")
+    debounce = None
+    if debounce_value is not None:
+        if kind not in DIGITAL_TYPES:
+            raise debounce_value.error(f"debounce applies to motion and button sensors, not {kind}")
+        debounce = debounce_value.seconds()
     section.finish()
     assert kind in POLLED_TYPES or kind in DIGITAL_TYPES
-    return SensorConfig(name=name, type=kind, pin=pin, interval=interval)
+    return SensorConfig(name=name, type=kind, pin=pin, interval=interval, debounce=debounce)

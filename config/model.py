@@ -21,6 +21,9 @@ POLLED_TYPES = ("dht11", "dht22", "cpu_temperature")
 DIGITAL_TYPES = ("motion", "button")
 SENSOR_TYPES = POLLED_TYPES + DIGITAL_TYPES
 BACKENDS = ("auto", "hardware", "mock")
+# gpiozero 2's own pin factories (its `gpiozero_pin_factories` entry points);
+# lgpio is the one that works on every Pi, the Pi 5 included.
+PIN_FACTORIES = ("lgpio", "rpigpio", "pigpio", "native", "mock")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,14 @@ class Limits:
 
     max_frame_bytes: int = 1024 * 1024
     max_batch_readings: int = 10_000
+    # Per connection; past it the collector stops reading that agent for a while.
+    max_readings_per_second: float = 20_000.0
+    # A client that has not finished its WebSocket handshake by then is dropped.
+    handshake_timeout: float = 10.0
+    # Open WebSocket connections (agents and dashboards); one more gets HTTP 503.
+    max_connections: int = 10_000
+    # Repeated bad tokens from one address wait up to this long for their 401 (0: never).
+    bad_token_max_delay: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,9 @@ class SensorConfig:
     type: str
     pin: int | None = None
     interval: float | None = None
+    # Digital inputs: edges closer together than this after a reported one are
+    # contact bounce; the settled state is reported when the window ends.
+    debounce: float | None = None
 
     @property
     def is_digital(self) -> bool:
@@ -99,6 +113,8 @@ class AgentConfig:
     buffer_path: str = DEFAULT_AGENT_BUFFER
     max_buffered: int = DEFAULT_MAX_BUFFERED
     backend: str = "auto"
+    # gpiozero pin factory for digital inputs; None: $GPIOZERO_PIN_FACTORY, then gpiozero's choice.
+    pin_factory: str | None = None
     sensors: tuple[SensorConfig, ...] = ()
     # Readings per `readings` message and batches awaiting an ack at once.
     batch_size: int = 500

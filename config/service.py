@@ -9,6 +9,8 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 
+from . import systemd_notify
+
 log = logging.getLogger("sensor_edge")
 
 # The contract: SIGTERM/SIGINT stop either program within 5 s.
@@ -35,13 +37,20 @@ def run_service(name: str, start: Callable[[], Awaitable[None]],
         # Installed after start(): some hardware libraries replace SIGTERM's handler on import.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        systemd_notify.notify("READY=1", f"STATUS={name} running")
+        period = systemd_notify.watchdog_period()
+        watchdog = asyncio.create_task(systemd_notify.watchdog(period)) if period else None
         await stopping.wait()
         log.info("%s: stopping", name)
+        systemd_notify.notify("STOPPING=1")
         try:
             await asyncio.wait_for(stop(), STOP_DEADLINE)
         except TimeoutError:
             log.error("%s: did not stop cleanly in %.1f s", name, STOP_DEADLINE)
             return 1
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         log.info("%s: stopped", name)
         return 0
 

@@ -20,10 +20,18 @@ log = logging.getLogger("sensor_edge.agent.backend")
 
 PI_MODEL_FILE = "/proc/device-tree/model"
 CPU_TEMPERATURE_FILE = "/sys/class/thermal/thermal_zone0/temp"
+# adafruit_dht answers from its last measurement, good or failed (then the
+# previous value or None), until this long after that measurement began.
+DHT_CACHE_SECONDS = 2.0
 
 
 class DHTDevice(Protocol):
-    """What adafruit_dht.DHT11/DHT22 offer, and what the simulated ones imitate."""
+    """What adafruit_dht.DHT11/DHT22 offer, and what the simulated ones imitate.
+
+    Reading a property measures (or answers from the cache, see
+    DHT_CACHE_SECONDS); a failed measurement raises RuntimeError. The pin is
+    held until exit().
+    """
 
     @property
     def temperature(self) -> float | None: ...
@@ -71,8 +79,11 @@ def is_raspberry_pi(model_file: str = PI_MODEL_FILE) -> bool:
         return False
 
 
-def choose_backend(name: str) -> Backend:
-    """The backend a config's `backend` names; `auto` means hardware on a Pi."""
+def choose_backend(name: str, pin_factory: str | None = None) -> Backend:
+    """The backend a config's `backend` names; `auto` means hardware on a Pi.
+
+    ``pin_factory`` (the config's) picks gpiozero's pin factory on the hardware.
+    """
     if name == "auto":
         name = "hardware" if is_raspberry_pi() else "mock"
         log.info("backend: auto chose %s (%s)", name,
@@ -82,7 +93,7 @@ def choose_backend(name: str) -> Backend:
     if name == "hardware":
         from .hardware import HardwareBackend
 
-        return HardwareBackend()
+        return HardwareBackend(pin_factory)
     from .mock import MockBackend
 
     return MockBackend()

@@ -1,18 +1,55 @@
-"""The real thing: gpiozero's default pin factory, adafruit_dht, sysfs."""
+"""The real thing: gpiozero's pin factories, adafruit_dht over Blinka, sysfs."""
 
 from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import entry_points
+from typing import Any
 
 from ...config.model import SensorConfig
 from ...config.service import StartupError
 from . import CPU_TEMPERATURE_FILE, Backend, DHTDevice
 
+log = logging.getLogger("sensor_edge.agent.backend.hardware")
+
+PIN_FACTORY_ENV = "GPIOZERO_PIN_FACTORY"
+
 
 class HardwareBackend(Backend):
     name = "hardware"
 
+    def __init__(self, pin_factory: str | None = None):
+        # The config's choice wins; else gpiozero's own variable; else gpiozero
+        # tries lgpio first, which is the one that works on a Pi 5.
+        self.pin_factory_name = pin_factory or os.environ.get(PIN_FACTORY_ENV) or None
+        self._factory_made = False
+
+    def _factory(self) -> Any:
+        if self.pin_factory_name is None or self._factory_made:
+            return self.pin_factory
+        self.pin_factory = load_pin_factory(self.pin_factory_name)
+        self._factory_made = True
+        log.info("gpiozero pin factory: %s", self.pin_factory_name)
+        return self.pin_factory
+
+    def digital_input(self, sensor: SensorConfig) -> Any:
+        from gpiozero.exc import GPIOZeroError
+
+        self._factory()
+        try:
+            return super().digital_input(sensor)
+        except GPIOZeroError as e:
+            # No pin factory loads (off a Pi, lgpio missing), a pin in use, ...
+            raise StartupError(
+                f"sensor {sensor.name!r}: cannot use GPIO{sensor.pin}: {type(e).__name__}: {e}"
+            ) from None
+
     def dht(self, sensor: SensorConfig) -> DHTDevice:
         # Imported here, not at the top: off a Pi, Blinka's board detection warns
         # or raises, and on a Pi it costs start-up time when no DHT is configured.
+        # Recent Blinka releases replace the SIGTERM handler on import; the service
+        # installs its own after start(), so this import must happen during start().
         try:
             import adafruit_dht
             import board
@@ -27,8 +64,35 @@ class HardwareBackend(Backend):
         if pin is None:
             raise StartupError(f"sensor {sensor.name!r}: this board has no pin D{sensor.pin}")
         cls = adafruit_dht.DHT22 if sensor.type == "dht22" else adafruit_dht.DHT11
-        return cls(pin)
+        try:
+            return cls(pin)
+        except (RuntimeError, OSError) as e:
+            # Typically the pin is still held by the libgpiod_pulsein helper of an
+            # agent that died without exit(): systemd's cgroup kill ends it.
+            raise StartupError(
+                f"sensor {sensor.name!r}: cannot open the {sensor.type} on GPIO{sensor.pin}: {e}"
+                " (is another program, or a leftover libgpiod_pulsein, using the pin?)"
+            ) from None
 
     def cpu_temperature(self) -> float:
         with open(CPU_TEMPERATURE_FILE) as f:
             return int(f.read().strip()) / 1000.0
+
+    def close(self) -> None:
+        if self._factory_made and self.pin_factory is not None:
+            self.pin_factory.close()
+
+
+def load_pin_factory(name: str) -> Any:
+    """gpiozero's pin factory of this name, as GPIOZERO_PIN_FACTORY would load it."""
+    for ep in entry_points(group="gpiozero_pin_factories"):
+        if ep.name == name.lower():
+            try:
+                return ep.load()()
+            except Exception as e:  # ImportError, a missing /dev/gpiochip*, ...
+                hint = " (on Raspberry Pi OS: sudo apt install python3-lgpio)" \
+                    if name.lower() == "lgpio" else ""
+                raise StartupError(
+                    f"gpiozero pin factory {name!r} does not work here: {e}{hint}") from None
+    known = ", ".join(sorted(ep.name for ep in entry_points(group="gpiozero_pin_factories")))
+    raise StartupError(f"unknown gpiozero pin factory {name!r} (installed: {known})")

@@ -14,8 +14,8 @@ import random
 import threading
 import time
 
-from ...config.model import READ_FLOORS, SensorConfig
-from . import CPU_TEMPERATURE_FILE, Backend
+from ...config.model import SensorConfig
+from . import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend
 
 log = logging.getLogger("sensor_edge.agent.backend.mock")
 
@@ -31,19 +31,21 @@ DHT_ERRORS = (
 class SimulatedDHT:
     """Behaves as adafruit_dht.DHT11/DHT22 are documented to.
 
-    Each property access measures, unless the last measurement is younger than
-    the sensor's floor, in which case it answers with that one (as the real
-    library does). A failed measurement raises RuntimeError.
+    Each property access measures, unless a measurement began less than
+    DHT_CACHE_SECONDS ago: then it answers from the cache, the last good values
+    or None before the first one (as the real library does). A failed
+    measurement raises RuntimeError.
     """
 
     def __init__(self, kind: str, seed: int, failure_rate: float = DHT_FAILURE_RATE):
         self.kind = kind
-        self._floor = READ_FLOORS[kind]
         self._rng = random.Random(seed)
         self._failure_rate = failure_rate
-        self._temperature = 21.0 + self._rng.uniform(-3, 3)
-        self._humidity = 45.0 + self._rng.uniform(-10, 10)
-        self._last_measure = -1e9
+        self._true_temperature = 21.0 + self._rng.uniform(-3, 3)
+        self._true_humidity = 45.0 + self._rng.uniform(-10, 10)
+        self._temperature: float | None = None
+        self._humidity: float | None = None
+        self._last_called = 0.0
         self._lock = threading.Lock()
         self.closed = False
 
@@ -52,26 +54,30 @@ class SimulatedDHT:
             if self.closed:
                 raise RuntimeError("the sensor was released with exit()")
             now = time.monotonic()
-            if now - self._last_measure < self._floor:
+            if self._last_called and now - self._last_called <= DHT_CACHE_SECONDS:
                 return
-            self._last_measure = now
+            self._last_called = now
             if self._rng.random() < self._failure_rate:
                 raise RuntimeError(self._rng.choice(DHT_ERRORS))
             # A slow random walk, pulled back towards a comfortable room.
-            self._temperature += self._rng.gauss(0, 0.15) + (21.0 - self._temperature) * 0.02
-            self._humidity += self._rng.gauss(0, 0.5) + (45.0 - self._humidity) * 0.02
-            self._humidity = min(99.0, max(5.0, self._humidity))
+            t = self._true_temperature
+            h = self._true_humidity
+            t += self._rng.gauss(0, 0.15) + (21.0 - t) * 0.02
+            h = min(99.0, max(5.0, h + self._rng.gauss(0, 0.5) + (45.0 - h) * 0.02))
+            self._true_temperature, self._true_humidity = t, h
+            # The DHT11 reports whole numbers.
+            digits = 1 if self.kind == "dht22" else 0
+            self._temperature, self._humidity = round(t, digits), round(h, digits)
 
     @property
     def temperature(self) -> float | None:
         self._measure()
-        # The DHT11 reports whole degrees.
-        return round(self._temperature, 1 if self.kind == "dht22" else 0)
+        return self._temperature
 
     @property
     def humidity(self) -> float | None:
         self._measure()
-        return round(self._humidity, 1 if self.kind == "dht22" else 0)
+        return self._humidity
 
     def exit(self) -> None:
         self.closed = True
