@@ -41,6 +41,9 @@ INSTALL_HINT = "pip install 'sensor-edge[mqtt]'"
 QUEUE_READINGS = 10_000
 # Readings handed to paho and not yet confirmed by the broker: bounds paho's own queue too.
 IN_FLIGHT = 200
+# The publisher shares the event loop with ingest: it yields this often, so it never
+# holds the loop for more than a few milliseconds.
+YIELD_EVERY = 32
 RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS = 1, 30
 KEEPALIVE_SECONDS = 30
 # At stop, how long the queue may take to drain; all of stop must fit the contract's 5 s.
@@ -181,7 +184,7 @@ class MQTTBridge:
             client.username_pw_set(c.username, c.password)
         if c.tls:
             client.tls_set()  # the system's CAs; the broker's name is checked
-        client.will_set(availability_topic(c.prefix, COLLECTOR_NODE), OFFLINE, qos=1,
+        client.will_set(availability_topic(c.prefix, COLLECTOR_NODE), OFFLINE, qos=c.qos,
                         retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
         client.on_connect = self._paho_connect
@@ -241,7 +244,7 @@ class MQTTBridge:
         if self._connected.is_set():
             # A clean disconnect does not fire the last will, so say it ourselves.
             info = self._client.publish(availability_topic(self.config.prefix, COLLECTOR_NODE),
-                                        OFFLINE, qos=1, retain=True)
+                                        OFFLINE, qos=self.config.qos, retain=True)
             deadline = loop.time() + 0.5
             while not info.is_published() and loop.time() < deadline:
                 await asyncio.sleep(0.01)
@@ -262,7 +265,11 @@ class MQTTBridge:
         ok = self._paho.MQTTErrorCode.MQTT_ERR_SUCCESS
         queued = self._paho.MQTTErrorCode.MQTT_ERR_NO_CONN  # kept by paho when qos > 0
         qos = self.config.qos
+        published = 0
         while True:
+            published += 1
+            if published % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             agent, epoch, row = await self._queue.get()
             self._holding = 1
             await self._connected.wait()
