@@ -8,7 +8,10 @@
   const HISTORY_LIMIT = 50000;   // newest readings fetched per agent for the charts
   const RECONNECT_MAX = 10000;   // ms between two tries, at most
   const FAILING = 3;             // failed reads in a row that mark a sensor as failing
-  const COLORS = ["#0a58ca", "#c0392b", "#1a7f37", "#8e44ad", "#b7791f", "#16808a"];
+  // One colour per kind of reading, the same on every agent's card.
+  const METRIC_COLORS = { temperature: "#c0392b", humidity: "#0a58ca", motion: "#8e44ad",
+    pressed: "#b7791f" };
+  const COLORS = ["#1a7f37", "#16808a", "#6d4c41", "#5c6bc0", "#d81b60"];
   const DIGITAL = { motion: ["idle", "motion"], pressed: ["released", "pressed"] };
 
   const main = document.getElementById("agents");
@@ -165,7 +168,7 @@
     const reads = el("div", "reads", "");
     root.append(name, line, chart, reads);
     t = { c, sensor, metric, unit, root, value, age, chart, reads, xs: [], ys: [],
-      lastTs: null, plot: null, color: COLORS[c.tiles.size % COLORS.length] };
+      lastTs: null, plot: null, color: colorFor(metric) };
     c.tiles.set(key, t);
     root.dataset.color = t.color;
     // Tiles in (sensor, metric) order.
@@ -176,6 +179,13 @@
     drawReads(t, c.info && c.info.status && c.info.status.sensors
       ? c.info.status.sensors[sensor] : null);
     return t;
+  }
+
+  function colorFor(metric) {
+    if (Object.prototype.hasOwnProperty.call(METRIC_COLORS, metric)) return METRIC_COLORS[metric];
+    let hash = 0;
+    for (const ch of metric) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
+    return COLORS[hash % COLORS.length];
   }
 
   function makePlot(t) {
