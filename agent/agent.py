@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..config.model import AgentConfig
+from ..config.tls import client_context
 from . import __version__
 from .backends import Backend, choose_backend
 from .buffer import Buffer
@@ -72,6 +73,9 @@ class Agent:
     async def start(self) -> None:
         for warning in self.config.warnings:
             log.warning("%s", warning)
+        # First: a certificate that cannot be used stops the start before anything opens.
+        wss = any(url.startswith("wss://") for url in self.config.urls)
+        tls = client_context(self.config) if wss else None
         self.buffer = await self.on_buffer(Buffer, self.config.buffer_path,
                                            self.config.max_buffered)
         log.info("agent %s, epoch %s, %d readings waiting in %s", self.config.agent_id,
@@ -85,7 +89,7 @@ class Agent:
             agent_id=self.config.agent_id, urls=self.config.urls, token=self.config.token,
             version=__version__, buffer=self.buffer, on_buffer=self.on_buffer,
             batch_size=self.config.batch_size, window=self.config.window,
-            status=self.status)
+            status=self.status, tls=tls)
         self.sampler.start()
         self.uplink.start()
         log.info("reading %d sensors: %s", len(sensors),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -56,7 +57,8 @@ class Uplink:
                  buffer: Buffer, on_buffer: Callable[..., Awaitable[Any]],
                  batch_size: int, window: int,
                  status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-                 status_every: float = STATUS_EVERY):
+                 status_every: float = STATUS_EVERY,
+                 tls: ssl.SSLContext | None = None):
         self.agent_id = agent_id
         self.urls = urls
         self.token = token
@@ -67,6 +69,7 @@ class Uplink:
         self.window = window
         self._status = status  # builds the fields of a `status` message
         self._status_every = status_every
+        self._tls = tls  # for wss:// URLs: the collector's CA, our client certificate
         self.connected = False
         self.sent = 0
         self.acked_seq = 0
@@ -143,6 +146,8 @@ class Uplink:
     async def _session(self, url: str) -> None:
         async with connect(
             url,
+            # websockets refuses an ssl context for a ws:// URL.
+            **({"ssl": self._tls} if url.startswith("wss://") and self._tls else {}),
             additional_headers={"Authorization": f"Bearer {self.token}"},
             open_timeout=10,
             ping_interval=20,

@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from ..config.model import CollectorConfig
+from ..config.tls import server_context
 from . import http_api
 from .agents import AgentRegistry
 from .batcher import Batcher
 from .connection import serve_agent
+from .limits import FailedLogins
 from .live import LiveFeed
 from .metrics import CollectorMetrics
 from .mqtt import MQTTBridge
@@ -38,6 +40,9 @@ class Collector:
         self.retention: Retention | None = None
         self.mqtt: MQTTBridge | None = None
         self._server: Server | None = None
+        # WebSocket connections being served (agents and browsers), for limits.max_connections.
+        self.open_connections = 0
+        self.failed_logins = FailedLogins(config.limits.bad_token_max_delay)
         # SQLite wants its writer on one thread; readers get a small pool of their own.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="storage-reader")
@@ -67,10 +72,14 @@ class Collector:
             self.retention = Retention(self.storage, self._writer, self.config.retention_days,
                                        on_deleted=self.metrics.readings_expired.inc)
             self.retention.start()
+        tls = server_context(self.config.tls) if self.config.tls is not None else None
         self._server = await serve(
             self._handle,
             self.config.host,
             self.config.port,
+            ssl=tls,
+            # Covers the TLS handshake too: a client that connects and stalls is dropped.
+            open_timeout=self.config.limits.handshake_timeout,
             process_request=functools.partial(http_api.route, self),
             max_size=self.config.limits.max_frame_bytes,
             # Readings are small JSON; compressing them costs more CPU than it saves.
@@ -79,7 +88,9 @@ class Collector:
             ping_timeout=20,
             server_header="sensor-collector",
         )
-        log.info("listening on %s:%d, storing in %s", self.config.host, self.port,
+        log.info("listening on %s:%d%s, storing in %s", self.config.host, self.port,
+                 "" if tls is None else " (TLS" + (", client certificates required)"
+                                                  if self.config.tls.client_ca else ")"),
                  self.config.storage)
 
     @property
@@ -110,6 +121,13 @@ class Collector:
         self._readers.shutdown(wait=False, cancel_futures=True)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        self.open_connections += 1
+        try:
+            await self._serve(ws)
+        finally:
+            self.open_connections -= 1
+
+    async def _serve(self, ws: ServerConnection) -> None:
         if getattr(ws, "live", False):  # a browser on /v1/live
             await self.live.serve(ws)
             return

@@ -15,6 +15,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import protocol
+from .limits import ReadingRate
 from .protocol import Ack, AgentSession, Bye, Hello, ProtocolError, Readings, Status, Welcome
 from .storage import Batch
 
@@ -34,6 +35,11 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
     pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None] = asyncio.Queue(
         MAX_PENDING_BATCHES)
     acker = asyncio.create_task(_send_acks(collector, ws, pending))
+    loop = asyncio.get_running_loop()
+    # A burst of two full batches: a reconnecting agent's first window goes through at once.
+    rate = ReadingRate(limits.max_readings_per_second,
+                       max(limits.max_readings_per_second, 2 * limits.max_batch_readings),
+                       loop.time())
     peer = _peer(ws)
     registered = False
     try:
@@ -54,6 +60,11 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                 collector.metrics.readings_received.inc(len(message.readings))
                 future = collector.batcher.submit(Batch(agent_id, session.epoch, message.readings))
                 await pending.put((future, message.last_seq))
+                pause = rate.take(len(message.readings), loop.time())
+                if pause > 0:
+                    # Stop reading this agent for a while: TCP backpressure slows it down.
+                    collector.metrics.rate_limited_seconds.inc(pause)
+                    await asyncio.sleep(pause)
             elif isinstance(message, Hello):
                 acked = await collector.read(collector.storage.acked, agent_id, message.epoch)
                 now = time.time()

@@ -7,12 +7,14 @@ WebSocket handler once the bearer token names an agent.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import math
+import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 1_000_000
+# Browsers cannot put an Authorization header on a WebSocket handshake: with
+# `api.token` set, the dashboard keeps the token in this (same-site) cookie.
+API_TOKEN_COOKIE = "sensor_edge_api_token"
 
 
 class BadRequest(Exception):
@@ -72,6 +77,49 @@ def agent_for_token(collector: Collector, authorization: str | None) -> str | No
     return found
 
 
+def api_token_ok(collector: Collector, request: Request) -> bool:
+    """With `api.token` set: does the request carry it (header, or the dashboard's cookie)?"""
+    expected = collector.config.api_token
+    if expected is None:
+        return True
+    offered = ""
+    authorization = request.headers.get("Authorization")
+    if authorization and authorization.startswith("Bearer "):
+        offered = authorization[len("Bearer "):].strip()
+    else:
+        for header in request.headers.get_all("Cookie"):
+            for pair in header.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name == API_TOKEN_COOKIE:
+                    offered = unquote(value)
+    return hmac.compare_digest(offered.encode(), expected.encode())
+
+
+async def unauthorized(collector: Collector, connection: ServerConnection) -> Response:
+    """A 401, after a delay that grows with the bad tokens this address has sent."""
+    collector.metrics.auth_failures.inc()
+    address = connection.remote_address[0] if connection.remote_address else "?"
+    delay = collector.failed_logins.failed(address, time.monotonic())
+    if delay > 0:
+        # Under half the handshake timeout, so the client still gets its answer.
+        await asyncio.sleep(min(delay, collector.config.limits.handshake_timeout / 2))
+    response = respond_json(401, {"error": "unauthorized",
+                                  "detail": "a valid 'Authorization: Bearer' token is required"})
+    response.headers["WWW-Authenticate"] = 'Bearer realm="sensor-collector"'
+    return response
+
+
+def too_many_connections(collector: Collector) -> Response | None:
+    """A 503 when `limits.max_connections` WebSocket connections are open already."""
+    if collector.open_connections < collector.config.limits.max_connections:
+        return None
+    collector.metrics.connections_refused.inc()
+    response = respond_json(503, {"error": "too_many_connections",
+                                  "detail": "the collector is at its connection limit"})
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 async def route(collector: Collector, connection: ServerConnection,
                 request: Request) -> Response | None:
     url = urlsplit(request.path)
@@ -79,14 +127,18 @@ async def route(collector: Collector, connection: ServerConnection,
     if path == STREAM_PATH:
         agent_id = agent_for_token(collector, request.headers.get("Authorization"))
         if agent_id is None:
-            collector.metrics.auth_failures.inc()
-            response = respond_json(401, {"error": "unauthorized",
-                                          "detail": "a valid 'Authorization: Bearer' token is required"})
-            response.headers["WWW-Authenticate"] = 'Bearer realm="sensor-collector"'
-            return response
+            return await unauthorized(collector, connection)
+        refused = too_many_connections(collector)
+        if refused is not None:
+            return refused
         connection.agent_id = agent_id  # type: ignore[attr-defined]
         return None
+    if (path.startswith("/api/") or path == LIVE_PATH) and not api_token_ok(collector, request):
+        return await unauthorized(collector, connection)
     if path == LIVE_PATH:
+        refused = too_many_connections(collector)
+        if refused is not None:
+            return refused
         if not same_origin(request.headers.get("Origin"), request.headers.get("Host")):
             return respond_json(403, {"error": "forbidden",
                                       "detail": "the live feed is for this collector's own page"})

@@ -62,6 +62,12 @@ class CollectorMetrics:
         self.auth_failures = Counter(
             "sensor_edge_auth_failures", "Handshakes refused for a missing or unknown token",
             registry=r)
+        self.connections_refused = Counter(
+            "sensor_edge_connections_refused", "Handshakes refused at limits.max_connections",
+            registry=r)
+        self.rate_limited_seconds = Counter(
+            "sensor_edge_rate_limited_seconds",
+            "Time agent connections were paused for limits.max_readings_per_second", registry=r)
         # The MQTT bridge (server/mqtt.py); they stay at 0 when `mqtt:` is off.
         self.mqtt_connected = Gauge(
             "sensor_edge_mqtt_connected", "1 while the MQTT broker connection is up", registry=r)
