@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -163,6 +165,44 @@ def stored_seqs(storage: str, agent: str, epoch: str | None = None) -> list[int]
             "SELECT seq FROM readings WHERE agent = ? AND (? IS NULL OR epoch = ?) ORDER BY seq",
             (agent, epoch, epoch)).fetchall()
     return [r[0] for r in rows]
+
+
+# The local server CI starts (trust auth); each test makes and drops its own database there.
+POSTGRES_ADMIN_URL = os.environ.get("SENSOR_EDGE_TEST_POSTGRES",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class PostgresDatabases:
+    """Throwaway databases on the local PostgreSQL server, named for this run."""
+
+    def __init__(self, admin_url: str = POSTGRES_ADMIN_URL):
+        self.admin_url = admin_url
+        self.prefix = f"sensor_edge_test_{secrets.token_hex(4)}"
+        self.made = 0
+
+    def _admin(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as db:
+            cursor = db.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def create(self) -> str:
+        """A new, empty database; its URL."""
+        self.made += 1
+        name = f"{self.prefix}_{self.made}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        return urlsplit(self.admin_url)._replace(path=f"/{name}").geturl()
+
+    def drop(self, url: str) -> None:
+        # FORCE: a collector killed with -9 may leave its sessions behind for a moment.
+        self._admin(f'DROP DATABASE IF EXISTS "{urlsplit(url).path[1:]}" WITH (FORCE)')
+
+    def drop_all(self) -> None:
+        """Drop every database this run made (those a test's own teardown missed)."""
+        for (name,) in self._admin("SELECT datname FROM pg_database WHERE datname LIKE "
+                                   f"'{self.prefix}%'"):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Agent(Process):

@@ -70,7 +70,11 @@ class Storage(Protocol):
 
 
 def open_storage(url: str) -> Storage:
-    """The storage a config's `storage` value names."""
+    """The storage a config's `storage` value names: postgresql://... or a SQLite file."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(url)
     from .sqlite import SQLiteStorage
 
     return SQLiteStorage(url)

@@ -173,19 +173,20 @@ class SQLiteStorage:
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
 
 
-def _filters(query: ReadingQuery) -> tuple[list[str], list[Any]]:
-    """The WHERE clauses and their arguments for a query's filters."""
+def _filters(query: ReadingQuery, mark: str = "?") -> tuple[list[str], list[Any]]:
+    """The WHERE clauses and their arguments for a query's filters (``mark``: the
+    driver's placeholder, ``?`` here, ``%s`` for psycopg)."""
     where: list[str] = []
     args: list[Any] = []
     for column, value in (("agent", query.agent), ("sensor", query.sensor),
                           ("metric", query.metric)):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(f"{column} = {mark}")
             args.append(value)
     if query.since is not None:
-        where.append("ts >= ?")
+        where.append(f"ts >= {mark}")
         args.append(query.since)
     if query.until is not None:
-        where.append("ts <= ?")
+        where.append(f"ts <= {mark}")
         args.append(query.until)
     return where, args
