@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TOKENS
+from conftest import BOTH_BACKENDS, TOKENS
 from processes import wait_until
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -93,8 +93,9 @@ def test_bad_frame_closes_only_that_connection(running, name, frames, close_code
     assert agent.running()
 
 
-def test_duplicates_are_acknowledged_and_stored_once(running):
-    collector, _ = running
+@BOTH_BACKENDS
+def test_duplicates_are_acknowledged_and_stored_once(make_collector):
+    collector = make_collector()
     headers = {"Authorization": f"Bearer {TOKENS['pi-5']}"}
     hello = json.dumps({"type": "hello", "agent": "pi-5", "epoch": "dup", "version": "t"})
     for attempt in range(2):

@@ -6,6 +6,7 @@ import time
 import urllib.request
 
 import pytest
+from conftest import BOTH_BACKENDS
 from processes import wait_until
 
 
@@ -13,6 +14,7 @@ def contiguous(seqs: list[int]) -> bool:
     return bool(seqs) and seqs == list(range(1, len(seqs) + 1))
 
 
+@BOTH_BACKENDS
 def test_readings_flow_from_mock_sensors_to_the_api(make_collector, make_agent):
     collector = make_collector()
     agent = make_agent(collector, "pi-1")
@@ -44,6 +46,7 @@ def test_readings_flow_from_mock_sensors_to_the_api(make_collector, make_agent):
     assert collector.terminate() == 0
 
 
+@BOTH_BACKENDS
 def test_collector_outage_loses_nothing_and_stores_each_reading_once(make_collector, make_agent):
     collector = make_collector()
     agent = make_agent(collector, "pi-1")
@@ -71,6 +74,7 @@ def test_collector_outage_loses_nothing_and_stores_each_reading_once(make_collec
     assert stored[-1] + agent.buffered() == agent.last_seq()
 
 
+@BOTH_BACKENDS
 def test_agent_killed_resumes_same_epoch_with_next_seq(make_collector, make_agent):
     collector = make_collector()
     agent = make_agent(collector, "pi-2")
@@ -113,6 +117,7 @@ def test_an_agent_with_a_wrong_token_keeps_its_readings(make_collector, make_age
     assert "wrong-token" not in agent.log() + collector.log()
 
 
+@BOTH_BACKENDS
 def test_several_agents_at_once(make_collector, make_agent):
     collector = make_collector()
     agents = [make_agent(collector, f"pi-{i}") for i in (1, 2, 3)]
