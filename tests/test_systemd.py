@@ -114,6 +114,7 @@ def test_agent_unit_grants_exactly_the_gpio_devices_and_waits_for_the_clock():
     assert "time-sync.target" not in " ".join(s.get("Wants", []) + s.get("Requires", []))
     # lgpio writes its notification pipes in the working directory.
     assert s["WorkingDirectory"] == [f"/run/{s['RuntimeDirectory'][0]}"]
+    assert f"LG_WD=/run/{s['RuntimeDirectory'][0]}" in s["Environment"]
     collector = unit_settings("sensor-collector")
     assert "SupplementaryGroups" not in collector and collector["PrivateDevices"] == ["yes"]
 

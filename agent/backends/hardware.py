@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -26,6 +27,10 @@ class HardwareBackend(Backend):
         self._factory_made = False
 
     def _factory(self) -> Any:
+        if not os.access(".", os.W_OK):
+            # lgpio (gpiozero's first choice) makes its notification pipes in
+            # $LG_WD, else here: a probe run from a read-only directory needs this.
+            os.environ.setdefault("LG_WD", tempfile.gettempdir())
         if self.pin_factory_name is None or self._factory_made:
             return self.pin_factory
         self.pin_factory = load_pin_factory(self.pin_factory_name)
