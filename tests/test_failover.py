@@ -1,0 +1,96 @@
+"""Several collectors on one PostgreSQL database: agents fail over through
+`collector.urls`, and the store holds every seq exactly once."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import pytest
+from conftest import TOKENS
+from processes import Collector, wait_until
+from websockets.sync.client import connect
+
+pytestmark = pytest.mark.parametrize("storage_backend", ["postgres"], indirect=True)
+
+
+def contiguous(seqs: list[int]) -> bool:
+    return bool(seqs) and seqs == list(range(1, len(seqs) + 1))
+
+
+def connected(collector: Collector) -> set[str]:
+    return {a["id"] for a in collector.json("/api/agents")["agents"] if a["connected"]}
+
+
+def counter(collector: Collector, name: str) -> float:
+    text = collector.get("/metrics")[1].decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def test_agents_of_a_killed_collector_move_to_the_other_and_lose_nothing(
+        make_collector, make_agent):
+    a = make_collector(name="collector-a")
+    b = make_collector(name="collector-b")
+    on_a = [make_agent(None, f"pi-{i}", urls=[a.stream_url, b.stream_url]) for i in (1, 2)]
+    on_b = [make_agent(None, f"pi-{i}", urls=[b.stream_url, a.stream_url]) for i in (3, 4)]
+    agents = on_a + on_b
+    wait_until(lambda: all(len(a.stored_seqs(x.name)) > 20 for x in agents), 30,
+               what="readings from all four agents")
+    assert connected(a) == {"pi-1", "pi-2"} and connected(b) == {"pi-3", "pi-4"}
+
+    a.kill()  # kill -9 mid-stream: acks in flight are lost, commits may or may not be done
+    marks = {x.name: x.last_seq() for x in on_a}
+    wait_until(lambda: connected(b) == {"pi-1", "pi-2", "pi-3", "pi-4"}, 30,
+               what="pi-1 and pi-2 to fail over to collector-b")
+    wait_until(lambda: all(len(b.stored_seqs(x.name)) > marks[x.name] + 20 for x in on_a), 30,
+               what="pi-1 and pi-2 to go on storing through collector-b")
+
+    for x in agents:
+        assert x.terminate() == 0
+    for x in agents:
+        stored = b.stored_seqs(x.name, x.epoch())
+        assert contiguous(stored), f"{x.name}: a gap or a duplicate in the stored seqs"
+        assert stored[-1] + x.buffered() == x.last_seq()
+        assert b.stored_seqs(x.name) == stored  # one epoch: nothing was started over
+    assert "Traceback" not in "".join(x.log() for x in agents) + b.log()
+
+
+def test_the_same_batches_through_two_collectors_at_once_are_stored_once(make_collector):
+    collectors = [make_collector(name="collector-a"), make_collector(name="collector-b")]
+    headers = {"Authorization": f"Bearer {TOKENS['pi-5']}"}
+    hello = json.dumps({"type": "hello", "agent": "pi-5", "epoch": "twice", "version": "t"})
+    frames = [json.dumps({"type": "readings", "readings": [
+        {"seq": seq, "sensor": "s", "metric": "m", "value": seq, "unit": "", "ts": 1.7e9 + seq}
+        for seq in range(first, first + 100)]}) for first in range(1, 2001, 100)]
+    last_acks: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=20)
+
+    def send(collector: Collector) -> None:
+        try:
+            with connect(collector.stream_url, additional_headers=headers,
+                         open_timeout=10) as ws:
+                ws.send(hello)
+                assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+                start.wait()
+                for frame in frames:
+                    ws.send(frame)
+                acked = 0
+                while acked < 2000:
+                    acked = json.loads(ws.recv(timeout=20))["seq"]
+                last_acks.append(acked)
+        except BaseException as e:  # reported below; a thread can't fail the test itself
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in collectors]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert last_acks == [2000, 2000]  # both acknowledged everything...
+    assert collectors[0].stored_seqs("pi-5") == list(range(1, 2001))  # ...stored once
+    stored = sum(counter(c, "sensor_edge_readings_stored_total") for c in collectors)
+    duplicate = sum(counter(c, "sensor_edge_readings_duplicate_total") for c in collectors)
+    assert (stored, duplicate) == (2000, 2000)
