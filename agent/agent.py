@@ -27,6 +27,9 @@ T = TypeVar("T")
 
 # Of the 5 s the contract allows for a clean stop, this much goes to delivering.
 FLUSH_SECONDS = 2.5
+# Readings held in memory while the buffer cannot take them (a full disk with
+# nothing left to drop); past it the oldest of them go, counted in the log.
+MAX_UNSTORED = 10_000
 # A failing sensor's last error is cut to this length in a status message.
 MAX_ERROR_TEXT = 200
 
@@ -62,6 +65,7 @@ class Agent:
         self._pending: list[Sample] = []
         self._pending_ready = asyncio.Event()
         self._appender: asyncio.Task[None] | None = None
+        self._store_failing = False
         self._cpu_sensors = {s.name for s in config.sensors if s.type == "cpu_temperature"}
         self._cpu_temperature: float | None = None
 
@@ -130,20 +134,33 @@ class Agent:
     async def _append_forever(self) -> None:
         while True:
             await self._pending_ready.wait()
-            await self._append_pending()
+            if not await self._append_pending():
+                await asyncio.sleep(1.0)  # then try again with whatever came in meanwhile
 
-    async def _append_pending(self) -> None:
+    async def _append_pending(self) -> bool:
         # Everything gathered while the last commit ran goes into the next one.
         self._pending_ready.clear()
         samples, self._pending = self._pending, []
         if not samples:
-            return
+            return True
         try:
             await self.on_buffer(self.buffer.append, samples)
         except Exception as e:  # a full disk must not stop the agent
-            log.error("could not store %d readings in the buffer: %s", len(samples), e)
-            return
+            # Keep them (they have no seq yet) and retry; memory is bounded.
+            samples.extend(self._pending)
+            lost = max(0, len(samples) - MAX_UNSTORED)
+            self._pending = samples[lost:]
+            self._pending_ready.set()
+            log.log(logging.DEBUG if self._store_failing and not lost else logging.ERROR,
+                    "could not store %d readings in the buffer (%s); holding them in memory%s",
+                    len(samples), e, f", lost the {lost} oldest" if lost else "")
+            self._store_failing = True
+            return False
+        if self._store_failing:
+            self._store_failing = False
+            log.info("the buffer takes readings again")
         self.uplink.notify()
+        return True
 
     async def stop(self) -> None:
         if self.sampler is not None:

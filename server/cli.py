@@ -31,6 +31,14 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                         help="output format (default: csv)")
     export.add_argument("--out", metavar="FILE", help="write here instead of standard output")
+    add_agent = commands.add_parser(
+        "add-agent", help="let a new agent in: mint its token, store only the token's sha256",
+        description="Mint a random token for a new agent, print it once on standard output, "
+                    "and append the agent to the config's agents list with only the token's "
+                    "sha256 (comments and layout are kept). Restart the collector afterwards.")
+    add_agent.add_argument("agent_id", metavar="ID", help="the new agent's id (its agent.id)")
+    add_agent.add_argument("--config", required=True, metavar="FILE",
+                           help="collector config (YAML) to add it to")
     return p
 
 
@@ -45,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sensor-collector: config error: {e}", file=sys.stderr)
         return 2
+
+    if args.command == "add-agent":
+        from . import admin
+
+        return admin.main(args, config)
 
     if args.command == "export":
         from . import export
