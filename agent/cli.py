@@ -62,7 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     from .agent import Agent
 
     agent = Agent(config, backend="mock" if args.mock else None)
-    return run_service("sensor-agent", agent.start, agent.stop)
+    return run_service("sensor-agent", agent.start, agent.stop, lambda: status_line(agent))
+
+
+def status_line(agent) -> str:
+    """The line `systemctl status sensor-agent` shows: are readings flowing?"""
+    stats = agent.sampler.stats.values() if agent.sampler is not None else ()
+    read = sum(s.good for s in stats)
+    failed = sum(s.failed for s in stats)
+    uplink = agent.uplink
+    link = "connected" if uplink is not None and uplink.connected else "collector unreachable"
+    sent = uplink.sent if uplink is not None else 0
+    return f"{link}; {read} good reads ({failed} failed), {sent} readings sent"
 
 
 if __name__ == "__main__":

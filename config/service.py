@@ -22,8 +22,14 @@ class StartupError(Exception):
 
 
 def run_service(name: str, start: Callable[[], Awaitable[None]],
-                stop: Callable[[], Awaitable[None]]) -> int:
-    """Run until SIGTERM or SIGINT; return the process exit code."""
+                stop: Callable[[], Awaitable[None]],
+                describe: Callable[[], str] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code.
+
+    Under systemd (Type=notify) it reports READY=1 once started, pings the
+    watchdog from the event loop, shows ``describe()`` as the unit's status
+    line, and says STOPPING=1 when it begins to stop.
+    """
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -39,7 +45,11 @@ def run_service(name: str, start: Callable[[], Awaitable[None]],
             loop.add_signal_handler(sig, stopping.set)
         systemd_notify.notify("READY=1", f"STATUS={name} running")
         period = systemd_notify.watchdog_period()
-        watchdog = asyncio.create_task(systemd_notify.watchdog(period)) if period else None
+        helpers = [asyncio.create_task(systemd_notify.watchdog(period))] if period else []
+        if describe is not None and systemd_notify.under_systemd():
+            # Refreshed with the watchdog's pings, but no more than every 10 s.
+            helpers.append(asyncio.create_task(
+                systemd_notify.report_status(describe, min(period or 10.0, 10.0))))
         await stopping.wait()
         log.info("%s: stopping", name)
         systemd_notify.notify("STOPPING=1")
@@ -49,8 +59,8 @@ def run_service(name: str, start: Callable[[], Awaitable[None]],
             log.error("%s: did not stop cleanly in %.1f s", name, STOP_DEADLINE)
             return 1
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in helpers:
+                task.cancel()
         log.info("%s: stopped", name)
         return 0
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 log = logging.getLogger("sensor_edge.systemd")
 
@@ -54,3 +55,18 @@ async def watchdog(period: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(period)
+
+
+async def report_status(describe: Callable[[], str], period: float) -> None:
+    """Keep the STATUS= line of `systemctl status` current: what the service is doing."""
+    while True:
+        try:
+            notify(f"STATUS={describe()}")
+        except Exception as e:  # a status line must never stop the service
+            log.debug("status line failed: %s", e)
+        await asyncio.sleep(period)
+
+
+def under_systemd() -> bool:
+    """Is there a notify socket to talk to?"""
+    return bool(os.environ.get("NOTIFY_SOCKET"))

@@ -242,6 +242,14 @@ def test_services_report_ready_watchdog_and_stopping(program, monkeypatch, make_
                    what="watchdog pings")
         # READY came first: the watchdog starts once the service serves.
         assert messages.index(ready[0]) < messages.index("WATCHDOG=1")
+        if program == "agent":
+            # The unit's status line shows readings flowing to the collector.
+            def flowing():
+                lines = [m.removeprefix("STATUS=") for m in receive("STATUS=connected")]
+                return lines and int(lines[-1].split(", ")[-1].split()[0]) > 0 and lines[-1]
+            line = wait_until(flowing, 20, interval=0, what="a status line with readings sent")
+            assert re.fullmatch(r"connected; \d+ good reads \(\d+ failed\), \d+ readings sent",
+                                line)
         assert service.terminate() == 0
         wait_until(lambda: receive("STOPPING=1"), 5, interval=0, what="STOPPING=1")
 
