@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -344,3 +345,61 @@ def test_installer_refuses_what_it_does_not_know(tmp_path):
     assert result.stderr.strip() == "install.sh: unknown option --agnet (see --help)"
     assert install("--root", str(tmp_path), "--purge").returncode == 2
     assert not list(tmp_path.iterdir())
+
+
+# --- docs/raspberry-pi.md ----------------------------------------------------------------
+
+def guide_commands() -> list[str]:
+    """The `$ ` lines of the guide's console blocks."""
+    text = (REPO / "docs/raspberry-pi.md").read_text()
+    blocks = re.findall(r"```console\n(.*?)```", text, re.DOTALL)
+    return [line[2:].strip() for block in blocks for line in block.splitlines()
+            if line.startswith("$ ")]
+
+
+def test_every_command_of_the_pi_guide_is_run_here(tmp_path):
+    """Each command is run by this test, or run/printed by the installer's test mode."""
+    commands = guide_commands()
+    assert len(commands) >= 8
+    root = tmp_path / "root"
+    shown: set[str] = set()  # what the installer runs or tells the operator to run
+    exercised = []
+    for command in commands:
+        if command.startswith("sudo systemd/install.sh"):
+            result = install(*command.split()[2:], "--root", str(root))
+            assert result.returncode == 0, (command, result.stderr)
+            shown |= {line.strip().removeprefix("would run: ")
+                      for line in result.stdout.splitlines()}
+            exercised.append(command)
+    for command in commands:
+        if command in exercised:
+            continue
+        argv = command.split()
+        if argv[0] == "systemd-analyze":
+            if SYSTEMD_ANALYZE is None:
+                pytest.skip("systemd-analyze is not installed")
+            result = subprocess.run([SYSTEMD_ANALYZE, *argv[1:-1], f"{root}{argv[-1]}"],
+                                    capture_output=True, text=True, timeout=60, check=False)
+            name = Path(argv[-1]).stem
+            exposure = float(re.search(r"exposure level for \S+: (\d+\.\d+)",
+                                       result.stdout).group(1))
+            assert exposure <= EXPOSURE_LIMITS[name], command
+        elif "sensor-agent probe" in command:
+            assert command in shown, command
+            # As the operator runs it, on the config the installer wrote (off a Pi,
+            # backend auto chooses the mock).
+            config = root / argv[argv.index("--config") + 1].lstrip("/")
+            text = config.read_text().replace("/var/lib/sensor-agent", str(tmp_path))
+            config.write_text(text)
+            result = subprocess.run(
+                [sys.executable, "-m", "sensor_edge.agent", *argv[4:-2], "--config",
+                 str(config)], capture_output=True, text=True, timeout=60, check=False)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "all 4 sensors read well" in result.stdout
+        else:
+            # systemctl and journalctl need systemd as PID 1: the installer prints
+            # them as next steps, for the units it installed.
+            assert command in shown, f"{command!r}: no test runs it"
+            assert {"sensor-agent", "sensor-collector"} & set(argv), command
+        exercised.append(command)
+    assert sorted(exercised) == sorted(commands)
