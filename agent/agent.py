@@ -19,7 +19,7 @@ from . import __version__
 from .backends import Backend, choose_backend
 from .buffer import Buffer
 from .sampler import Sampler
-from .sensors import Sample, open_sensor
+from .sensors import Sample, open_sensors
 from .uplink import Uplink
 
 log = logging.getLogger("sensor_edge.agent")
@@ -84,8 +84,8 @@ class Agent:
                                            self.config.max_buffered)
         log.info("agent %s, epoch %s, %d readings waiting in %s", self.config.agent_id,
                  self.buffer.epoch, self.buffer.depth, self.config.buffer_path)
-        self.backend = choose_backend(self.backend_name)
-        sensors = [open_sensor(s, self.backend) for s in self.config.sensors]
+        self.backend = choose_backend(self.backend_name, self.config.pin_factory)
+        sensors = open_sensors(self.config.sensors, self.backend)
         self.backend.start()
         self.sampler = Sampler(sensors, self._collect)
         self._appender = asyncio.create_task(self._append_forever(), name="appender")
