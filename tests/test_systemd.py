@@ -112,6 +112,8 @@ def test_agent_unit_grants_exactly_the_gpio_devices_and_waits_for_the_clock():
     assert s["DevicePolicy"] == ["closed"]
     assert sorted(s["DeviceAllow"]) == ["/dev/gpiomem rw", "char-gpiochip rw"]
     assert "time-sync.target" in s["After"]
+    # It reports clock_synced from adjtimex, which ProtectClock= would forbid.
+    assert "adjtimex" in s["SystemCallFilter"] and "ProtectClock" not in s
     assert "time-sync.target" not in " ".join(s.get("Wants", []) + s.get("Requires", []))
     # lgpio writes its notification pipes in the working directory.
     assert s["WorkingDirectory"] == [f"/run/{s['RuntimeDirectory'][0]}"]
