@@ -12,6 +12,7 @@ import secrets
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -101,6 +102,8 @@ class Process:
 
 class Collector(Process):
     module = "sensor_edge.server"
+    # Set for a collector serving https:// and wss:// (what the test's clients trust).
+    client_tls: ssl.SSLContext | None = None
 
     def __init__(self, workdir: Path, agents: dict[str, str], name: str = "collector",
                  storage: str | None = None, port: int | None = None, **extra: Any):
@@ -136,7 +139,7 @@ class Collector(Process):
     def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
         request = urllib.request.Request(self.base + path, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=10) as r:
+            with urllib.request.urlopen(request, timeout=10, context=self.client_tls) as r:
                 return r.status, r.read(), dict(r.headers)
         except urllib.error.HTTPError as e:
             return e.code, e.read(), dict(e.headers)

@@ -191,10 +191,10 @@ def test_unauthenticated_floods_do_not_touch_storage(running):
     collector, agent = running
     before = len(collector.stored_seqs("pi-1"))
     for _ in range(8):  # the collector slows these down (tests/test_security.py)
-        with pytest.raises(InvalidStatus):
-            with connect(collector.stream_url, open_timeout=10,
-                         additional_headers={"Authorization": "Bearer guess"}):
-                pass
+        with pytest.raises(InvalidStatus), \
+                connect(collector.stream_url, open_timeout=10,
+                        additional_headers={"Authorization": "Bearer guess"}):
+            pass
     keeps_storing(collector, agent, before)
 
 

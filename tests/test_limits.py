@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from sensor_edge.config import ConfigError, load_agent_config, load_collector_config
 from sensor_edge.config.model import Limits
 from sensor_edge.server.limits import FailedLogins, ReadingRate

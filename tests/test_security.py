@@ -20,7 +20,7 @@ import pytest
 from certs import PKI, make_pki
 from conftest import TOKENS
 from processes import HOST, Collector, free_port, wait_until
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidMessage, InvalidStatus
 from websockets.sync.client import connect
 
 
@@ -47,14 +47,6 @@ class TLSCollector(Collector):
     @property
     def stream_url(self) -> str:
         return f"wss://{HOST}:{self.port}/v1/stream"
-
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
-        request = urllib.request.Request(self.base + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=10, context=self.client_tls) as r:
-                return r.status, r.read(), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +79,10 @@ def test_agent_streams_over_wss_trusting_only_the_lan_ca(make_tls_collector, mak
     wait_until(lambda: len(collector.stored_seqs("pi-1")) > 20, 20, what="readings over wss://")
     assert "TLS" in collector.log()
     # Plain ws:// on the same port gets nowhere.
-    with pytest.raises(Exception):
-        with connect(f"ws://{HOST}:{collector.port}/v1/stream", open_timeout=5,
-                     additional_headers={"Authorization": f"Bearer {TOKENS['pi-2']}"}):
-            pass
+    with pytest.raises((InvalidMessage, OSError)), \
+            connect(f"ws://{HOST}:{collector.port}/v1/stream", open_timeout=5,
+                    additional_headers={"Authorization": f"Bearer {TOKENS['pi-2']}"}):
+        pass
     assert agent.terminate() == 0
     stored = collector.stored_seqs("pi-1", agent.epoch())
     assert stored == list(range(1, len(stored) + 1))
@@ -137,7 +129,7 @@ def test_unusable_certificates_are_one_line_startup_errors(tmp_path, make_tls_co
     collector.write_config()
     result = subprocess.run([sys.executable, "-m", "sensor_edge.server", "--config",
                              str(collector.config_path)], capture_output=True, text=True,
-                            timeout=30)
+                            timeout=30, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(
         "sensor-collector: cannot start: listen.tls: cannot use certificate")
@@ -151,7 +143,8 @@ def test_unusable_certificates_are_one_line_startup_errors(tmp_path, make_tls_co
         f"  token: \"{TOKENS['pi-1']}\"\n  ca: {garbage}\n"
         f"buffer: {{path: {tmp_path / 'bad-ca.db'}}}\nbackend: mock\n")
     result = subprocess.run([sys.executable, "-m", "sensor_edge.agent", "--config",
-                             str(agent_config)], capture_output=True, text=True, timeout=30)
+                             str(agent_config)], capture_output=True, text=True, timeout=30,
+                            check=False)
     assert result.returncode == 1
     assert "sensor-agent: cannot start: collector.ca: cannot load CA certificates" in result.stderr
     assert "Traceback" not in result.stderr
@@ -173,7 +166,8 @@ stale_after: 30
 
 def add_agent(config: Path, agent_id: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sensor_edge.server", "add-agent", agent_id,
-                           "--config", str(config)], capture_output=True, text=True, timeout=30)
+                           "--config", str(config)], capture_output=True, text=True, timeout=30,
+                          check=False)
 
 
 def test_add_agent_mints_a_token_stores_only_its_hash_and_lets_that_agent_in(
@@ -281,13 +275,15 @@ def test_bad_tokens_from_one_address_are_slowed_down(make_collector):
 
 def test_connections_past_the_limit_get_503(make_collector):
     collector = make_collector(limits={"max_connections": 2})
-    headers = lambda agent: {"Authorization": f"Bearer {TOKENS[agent]}"}  # noqa: E731
+    def headers(agent: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[agent]}"}
+
     with connect(collector.stream_url, additional_headers=headers("pi-1"), open_timeout=10), \
             connect(collector.stream_url, additional_headers=headers("pi-2"), open_timeout=10):
-        with pytest.raises(InvalidStatus) as refused:
-            with connect(collector.stream_url, additional_headers=headers("pi-3"),
-                         open_timeout=10):
-                pass
+        with pytest.raises(InvalidStatus) as refused, \
+                connect(collector.stream_url, additional_headers=headers("pi-3"),
+                        open_timeout=10):
+            pass
         assert refused.value.response.status_code == 503
         assert collector.get("/healthz")[0] == 200  # plain HTTP is not a held connection
     # Once the others have gone, there is room again.
@@ -313,15 +309,15 @@ def test_api_token_guards_the_read_api_and_the_live_feed(make_collector):
     assert collector.get("/metrics")[0] == 200
     live = f"ws://{HOST}:{collector.port}/v1/live"
     origin = {"Origin": f"http://{HOST}:{collector.port}"}
-    with pytest.raises(InvalidStatus) as refused:
-        with connect(live, additional_headers=origin, open_timeout=10):
-            pass
+    with pytest.raises(InvalidStatus) as refused, \
+            connect(live, additional_headers=origin, open_timeout=10):
+        pass
     assert refused.value.response.status_code == 401
     with connect(live, additional_headers={**origin, **cookie}, open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "agents"
     # Another site's page in the same browser: the cookie rides along, Origin gives it away.
-    with pytest.raises(InvalidStatus) as refused:
-        with connect(live, additional_headers={"Origin": "http://evil.example", **cookie},
-                     open_timeout=10):
-            pass
+    with pytest.raises(InvalidStatus) as refused, \
+            connect(live, additional_headers={"Origin": "http://evil.example", **cookie},
+                    open_timeout=10):
+        pass
     assert refused.value.response.status_code == 403
