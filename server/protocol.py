@@ -26,6 +26,9 @@ MIN_BATCH_LIMIT, MAX_BATCH_LIMIT = 1_000, 100_000
 # No message needs more: {"type": "status", "sensors": {"dht": {"good": 1}}} is 3.
 MAX_DEPTH = 8
 MAX_NAME_LENGTH = 128
+# The largest integer SQLite and PostgreSQL (BIGINT) store; a seq past it could
+# pass here and then fail the whole group commit it landed in.
+MAX_INTEGER = 2**63 - 1
 
 
 class CloseCode(IntEnum):
@@ -196,6 +199,10 @@ def _string(body: dict[str, Any], key: str, what: str, *, allow_empty: bool = Fa
         raise _invalid("bad_message", f"{what}: '{key}' must be a non-empty string")
     if len(value) > MAX_NAME_LENGTH:
         raise _invalid("bad_message", f"{what}: '{key}' is longer than {MAX_NAME_LENGTH}")
+    # A lone surrogate cannot be stored as UTF-8 and PostgreSQL refuses NUL: either
+    # would fail the whole group commit it landed in, other agents' batches included.
+    if not value.isprintable():
+        raise _invalid("bad_message", f"{what}: '{key}' must be printable text")
     return value
 
 
@@ -204,15 +211,23 @@ def _number(body: dict[str, Any], key: str, what: str) -> float:
     # bool is an int in Python but not a number on the wire.
     if type(value) is not float and type(value) is not int:
         raise _invalid("bad_message", f"{what}: '{key}' must be a number")
-    if not math.isfinite(value):
+    if not _finite(value):
         raise _invalid("not_finite", f"{what}: '{key}' must be finite")
     return value
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _integer(body: dict[str, Any], key: str, what: str, minimum: int) -> int:
     value = body.get(key)
-    if type(value) is not int or value < minimum:
-        raise _invalid("bad_message", f"{what}: '{key}' must be an integer >= {minimum}")
+    if type(value) is not int or not minimum <= value <= MAX_INTEGER:
+        raise _invalid("bad_message",
+                       f"{what}: '{key}' must be an integer from {minimum} to {MAX_INTEGER}")
     return value
 
 
@@ -239,14 +254,20 @@ def _readings(body: dict[str, Any], max_batch: int) -> Readings:
         unit = item.get("unit")
         ts = item.get("ts")
         # The common case in one cheap test; the detailed checks name the culprit.
-        if not (
-            type(seq) is int and seq > previous
-            and type(sensor) is str and 0 < len(sensor) <= MAX_NAME_LENGTH
-            and type(metric) is str and 0 < len(metric) <= MAX_NAME_LENGTH
-            and type(unit) is str and len(unit) <= MAX_NAME_LENGTH
-            and (type(value) is float or type(value) is int) and isfinite(value)
-            and (type(ts) is float or type(ts) is int) and isfinite(ts)
-        ):
+        try:
+            good = (
+                type(seq) is int and previous < seq <= MAX_INTEGER
+                and type(sensor) is str and 0 < len(sensor) <= MAX_NAME_LENGTH
+                and sensor.isprintable()
+                and type(metric) is str and 0 < len(metric) <= MAX_NAME_LENGTH
+                and metric.isprintable()
+                and type(unit) is str and len(unit) <= MAX_NAME_LENGTH and unit.isprintable()
+                and (type(value) is float or type(value) is int) and isfinite(value)
+                and (type(ts) is float or type(ts) is int) and isfinite(ts)
+            )
+        except OverflowError:  # an integer too large for a float: _number() says which
+            good = False
+        if not good:
             seq = _integer(item, "seq", what, 1)
             if seq <= previous:
                 raise _invalid("seq_order", f"{what}: seq {seq} is not above {previous}; "

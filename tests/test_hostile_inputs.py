@@ -94,6 +94,21 @@ def test_a_100000_reading_batch_is_refused_whole(running):
     keeps_storing(collector, agent, before)
 
 
+def test_text_no_storage_takes_is_refused_before_it_can_fail_a_group_commit(running):
+    collector, agent = running
+    before = len(collector.stored_seqs("pi-1"))
+    for i, sensor in enumerate(["s\\ud800", "s\\u0000"]):
+        with connect(collector.stream_url, open_timeout=10,
+                     additional_headers={"Authorization": f"Bearer {TOKENS['pi-4']}"}) as ws:
+            hello(ws, epoch=f"text-{i}")
+            frame = ('{"type":"readings","readings":[{"seq":1,"sensor":"' + sensor
+                     + '","metric":"m","value":1,"unit":"","ts":1}]}')
+            assert close_code(ws, frame) == 1007
+    assert collector.stored_seqs("pi-4") == []
+    keeps_storing(collector, agent, before)
+    assert "storage failure" not in collector.log() and "commit of" not in collector.log()
+
+
 def test_200_half_open_connections_are_dropped_after_the_handshake_timeout(running):
     collector, agent = running
     before = len(collector.stored_seqs("pi-1"))
