@@ -57,11 +57,15 @@ class Backend(ABC):
         """The SoC temperature in C; raises OSError or ValueError when unreadable."""
 
     def digital_input(self, sensor: SensorConfig) -> Any:
-        """A gpiozero MotionSensor or Button on this backend's pin factory."""
-        from gpiozero import Button, MotionSensor
+        """A gpiozero input device on this backend's pin factory: a Button, or for a PIR
+        a plain DigitalInputDevice (pulled down, as MotionSensor's default)."""
+        from gpiozero import Button, DigitalInputDevice
 
         if sensor.type == "motion":
-            return MotionSensor(sensor.pin, pin_factory=self.pin_factory)
+            # Not MotionSensor: it polls the pin from a thread at 10 Hz to smooth it,
+            # a third of the agent's CPU; a PIR's output is already clean and held,
+            # and edges come from the pin factory either way.
+            return DigitalInputDevice(sensor.pin, pull_up=False, pin_factory=self.pin_factory)
         return Button(sensor.pin, pin_factory=self.pin_factory)
 
     def start(self) -> None:
