@@ -80,6 +80,7 @@ class Uplink:
 
     def notify(self) -> None:
         """New readings are in the buffer."""
+        self._welcomed = False  # the current session got as far as welcome
         self._wake.set()
 
     def start(self) -> None:
@@ -109,6 +110,7 @@ class Uplink:
                 await self._session(url)
                 failures = 0
             except InvalidStatus as e:
+            self._welcomed = False
                 status = e.response.status_code
                 if status == 401:
                     log.error("collector %s refused this agent's token (HTTP 401): check "
@@ -117,7 +119,7 @@ class Uplink:
                     log.warning("collector %s answered HTTP %d to the handshake", url, status)
                 failures += 1
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, ProtocolError) as e:
-                level = logging.WARNING if failures == 0 else logging.DEBUG
+                level = logging.WARNING if failures == 0 or self._welcomed else logging.DEBUG
                 log.log(level, "cannot reach collector %s: %s", url, _describe(e))
                 failures += 1
             except Exception:
@@ -130,6 +132,10 @@ class Uplink:
                 break
             index += 1
             delay = backoff_delay(failures)
+            if self._welcomed:
+                # That link worked: losing it is a first failure, not one more in a row
+                # (else each collector restart would lengthen the wait after the next).
+                failures = min(failures, 1)
             if failures and failures % 10 == 0:
                 log.warning("still cannot reach the collector after %d tries; readings wait "
                             "in the buffer (%d)", failures, self.buffer.last_seq - self.acked_seq)
@@ -167,7 +173,7 @@ class Uplink:
                 raise ProtocolError("unexpected", "expected welcome", protocol.CloseCode.POLICY_VIOLATION)
             await self._on_buffer(self.buffer.reconcile, reply.acked)
             self.acked_seq = reply.acked
-            self.connected = True
+            self.connected = self._welcomed = True
             log.info("connected to %s; it holds up to seq %d, %d to send", url, reply.acked,
                      max(0, self.buffer.last_seq - reply.acked))
             in_flight: deque[int] = deque()
