@@ -76,11 +76,11 @@ class Uplink:
         self._wake = asyncio.Event()
         self._stopping = False
         self._flush_deadline = 0.0
+        self._welcomed = False  # the current session got as far as welcome
         self._task: asyncio.Task[None] | None = None
 
     def notify(self) -> None:
         """New readings are in the buffer."""
-        self._welcomed = False  # the current session got as far as welcome
         self._wake.set()
 
     def start(self) -> None:
@@ -106,11 +106,11 @@ class Uplink:
         index = 0
         while not self._stopping:
             url = self.urls[index % len(self.urls)]
+            self._welcomed = False
             try:
                 await self._session(url)
                 failures = 0
             except InvalidStatus as e:
-            self._welcomed = False
                 status = e.response.status_code
                 if status == 401:
                     log.error("collector %s refused this agent's token (HTTP 401): check "
@@ -130,12 +130,12 @@ class Uplink:
                 self.connected = False
             if self._stopping:
                 break
-            index += 1
-            delay = backoff_delay(failures)
             if self._welcomed:
                 # That link worked: losing it is a first failure, not one more in a row
                 # (else each collector restart would lengthen the wait after the next).
                 failures = min(failures, 1)
+            index += 1
+            delay = backoff_delay(failures)
             if failures and failures % 10 == 0:
                 log.warning("still cannot reach the collector after %d tries; readings wait "
                             "in the buffer (%d)", failures, self.buffer.last_seq - self.acked_seq)
