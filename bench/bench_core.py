@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -25,13 +26,13 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from loadgen import run_load  # noqa: E402
 from processes import Agent, Collector, stored_seqs, wait_until  # noqa: E402
 
-from sensor_edge.server.storage import Batch  # noqa: E402
-from sensor_edge.server.storage.sqlite import SQLiteStorage  # noqa: E402
+from sensor_edge.server.storage import Batch, open_storage  # noqa: E402
 
 
-def storage_ceiling(workdir: Path, rows: int = 200_000, per_transaction: int = 20_000) -> float:
-    """Rows/s stored straight through SQLiteStorage, in large transactions."""
-    storage = SQLiteStorage(str(workdir / "ceiling.db"))
+def storage_ceiling(url: str, rows: int = 200_000, per_transaction: int = 20_000) -> float:
+    """Rows/s stored straight through the storage class (a SQLite path or a
+    postgresql:// URL), in large transactions: the rows the benchmarks send."""
+    storage = open_storage(url)
     now = time.time()
     started = time.perf_counter()
     seq = 1
@@ -53,8 +54,6 @@ def proc_stats(pid: int) -> tuple[int, float]:
                 peak = int(line.split()[1])
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    import os
-
     ticks = os.sysconf("SC_CLK_TCK")
     return peak, (int(fields[11]) + int(fields[12])) / ticks
 
@@ -70,7 +69,7 @@ def bench_collector(workdir: Path, agents: int, batch: int, window: int, seconds
         peak, cpu = proc_stats(collector.pid)
     finally:
         collector.terminate()
-    ceiling = storage_ceiling(workdir)
+    ceiling = storage_ceiling(str(workdir / "ceiling.db"))
     print(f"collector, {agents} agents x batches of {batch} (window {window}), {seconds:g} s:")
     print(f"  {result.summary()}")
     print(f"  store holds seqs exactly 1..N for every agent: {exact} "
@@ -80,7 +79,8 @@ def bench_collector(workdir: Path, agents: int, batch: int, window: int, seconds
           f"product = {result.rate / ceiling:.2f} of it")
 
 
-def bench_agent(workdir: Path, seconds: float) -> None:
+def bench_agent(workdir: Path, seconds: float) -> dict[str, float]:
+    """The agent on 4 mock sensors: readings, peak RSS (MiB) and CPU per reading (us)."""
     tokens = {"rss-agent": "rss-agent-token-0123456789"}
     collector = Collector(workdir, tokens, name="rss-collector").start()
     sensors = [
@@ -104,6 +104,7 @@ def bench_agent(workdir: Path, seconds: float) -> None:
     per_reading = (cpu_end - cpu_start) / max(1, readings) * 1e6
     print(f"agent, 4 mock sensors (~0.5 s), {seconds:g} s: {readings} readings, "
           f"peak RSS {peak / 1024:.1f} MiB, CPU {per_reading:.0f} us per reading")
+    return {"readings": readings, "peak_mib": peak / 1024, "us_per_reading": per_reading}
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """A load generator that speaks the contract as N simulated agents.
 
 Each simulated agent: hello -> welcome -> batches of `batch` readings with up
-to `window` unacknowledged -> acks. Measures acknowledged readings/s and ack
-latency (p50/p99). Used by the benchmarks in this folder; runnable alone:
+to `window` unacknowledged -> acks. All agents connect first; then they send
+for a warm-up and a measured window. Measures acknowledged readings/s and ack
+latency (p50/p99) inside that window. Used by the benchmarks in this folder;
+runnable alone:
 
     python bench/loadgen.py --url ws://127.0.0.1:8765/v1/stream --tokens tokens.yaml \
         --agents 50 --batch 50 --seconds 10
@@ -13,25 +15,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import math
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import connect
 
+# Opening handshakes in progress at once: more would overflow the listen backlog.
+CONNECTING_AT_ONCE = 100
+
 
 @dataclass
 class Result:
-    acked: int = 0
+    acked: int = 0  # readings acked, all told (the exactly-once check uses the last seqs)
+    measured: int = 0  # readings acked inside the measured window
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     connected: int = 0
-    seconds: float = 0.0
+    connect_seconds: float = 0.0
+    window: tuple[float, float] = (0.0, math.inf)  # loop clock
+
+    @property
+    def seconds(self) -> float:
+        return self.window[1] - self.window[0]
 
     @property
     def rate(self) -> float:
-        return self.acked / self.seconds if self.seconds else 0.0
+        return self.measured / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -40,37 +52,49 @@ class Result:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
     def summary(self) -> str:
-        return (f"{self.acked} readings acked in {self.seconds:.1f} s = {self.rate:,.0f}/s; "
+        return (f"{self.measured:,} readings acked in {self.seconds:.1f} s = {self.rate:,.0f}/s; "
                 f"ack latency p50 {self.percentile(50) * 1000:.1f} ms, "
-                f"p99 {self.percentile(99) * 1000:.1f} ms; {len(self.errors)} errors")
+                f"p99 {self.percentile(99) * 1000:.1f} ms; {self.connected} connected in "
+                f"{self.connect_seconds:.1f} s; {len(self.errors)} errors")
 
 
 def batch_frame(first_seq: int, count: int, now: float) -> str:
-    readings = [{"seq": first_seq + i, "sensor": "bench", "metric": "value",
-                 "value": (first_seq + i) % 1000 / 10, "unit": "", "ts": now}
-                for i in range(count)]
-    return json.dumps({"type": "readings", "readings": readings}, separators=(",", ":"))
+    # Built as text: json.dumps of a list of dicts would cost the generator more
+    # than the collector spends parsing it.
+    readings = ",".join(
+        f'{{"seq":{seq},"sensor":"bench","metric":"value","value":{seq % 1000 / 10},'
+        f'"unit":"","ts":{now}}}' for seq in range(first_seq, first_seq + count))
+    return f'{{"type":"readings","readings":[{readings}]}}'
 
 
 async def simulated_agent(url: str, agent: str, token: str, epoch: str, batch: int, window: int,
-                          until: float, result: Result, rate: float | None = None,
-                          hold_open: float = 0.0) -> int:
-    """Stream until `until` (loop clock); returns the last seq acked.
+                          result: Result, go: asyncio.Event, until: list[float],
+                          connecting: asyncio.Semaphore, rate: float | None = None) -> int:
+    """Connect, wait for `go`, stream until `until[0]` (loop clock); return the last seq acked.
 
     ``rate``: readings per second for this agent (None: as fast as acks allow).
+    ``batch`` 0: send nothing, only hold the connection (keepalive) until `until[0]`.
     """
     loop = asyncio.get_running_loop()
-    async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                       compression=None, open_timeout=60, max_size=None) as ws:
+    async with connecting:
+        ws = await connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                           compression=None, open_timeout=120, max_size=None,
+                           ping_interval=20, ping_timeout=60)
+    async with ws:
         await ws.send(json.dumps({"type": "hello", "agent": agent, "epoch": epoch,
                                   "version": "bench"}))
-        welcome = json.loads(await ws.recv())
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 120))
         result.connected += 1
+        await go.wait()
+        if batch == 0:
+            await asyncio.sleep(max(0.0, until[0] - loop.time()))
+            return welcome["acked"]
         next_seq = welcome["acked"] + 1
         in_flight: deque[tuple[int, float]] = deque()
         acked = welcome["acked"]
         room = asyncio.Event()
         room.set()
+        start, end = result.window
 
         async def receive() -> None:
             nonlocal acked
@@ -82,19 +106,24 @@ async def simulated_agent(url: str, agent: str, token: str, epoch: str, batch: i
                 now = loop.time()
                 while in_flight and in_flight[0][0] <= message["seq"]:
                     seq, sent = in_flight.popleft()
-                    result.latencies.append(now - sent)
-                result.acked += message["seq"] - acked
+                    if sent >= start and now <= end:
+                        result.latencies.append(now - sent)
+                delta = message["seq"] - acked
+                result.acked += delta
+                if start <= now <= end:
+                    result.measured += delta
                 acked = message["seq"]
                 room.set()
 
         receiver = asyncio.create_task(receive())
         interval = batch / rate if rate else 0.0
-        next_send = loop.time()
+        # Spread the agents over one interval, as real agents' clocks are.
+        next_send = loop.time() + random.uniform(0, interval)
         try:
-            while loop.time() < until and not receiver.done():
+            while loop.time() < until[0] and not receiver.done():
                 if len(in_flight) >= window:
                     room.clear()
-                    await asyncio.wait_for(room.wait(), 30)
+                    await asyncio.wait_for(room.wait(), 60)
                     continue
                 if interval:
                     await asyncio.sleep(max(0.0, next_send - loop.time()))
@@ -109,30 +138,42 @@ async def simulated_agent(url: str, agent: str, token: str, epoch: str, batch: i
                     await asyncio.wait_for(room.wait(), 1)
                 except TimeoutError:
                     pass
-            if hold_open:
-                await asyncio.sleep(hold_open)
         finally:
             receiver.cancel()
     return acked
 
 
 async def run_load(url: str, tokens: dict[str, str], epoch: str, batch: int, window: int,
-                   seconds: float, rate: float | None = None, concurrency_ramp: float = 0.0,
-                   ) -> tuple[Result, dict[str, int]]:
-    """All agents at once; returns the result and each agent's last acked seq."""
+                   seconds: float, rate: float | None = None, warmup: float = 2.0,
+                   during=None) -> tuple[Result, dict[str, int]]:
+    """Every agent connects; then all send for `warmup` + `seconds`, the latter measured.
+
+    ``during``: an optional coroutine function run once all are connected and
+    the window is over (while connections are still open), e.g. to read RSS.
+    Returns the result and each agent's last acked seq.
+    """
     loop = asyncio.get_running_loop()
     result = Result()
-    started = loop.time()
-    until = started + seconds
-
-    async def one(i: int, agent: str, token: str) -> int:
-        if concurrency_ramp:
-            await asyncio.sleep(concurrency_ramp * i / len(tokens))
-        return await simulated_agent(url, agent, token, epoch, batch, window, until, result, rate)
-
-    outcomes = await asyncio.gather(*(one(i, a, t) for i, (a, t) in enumerate(tokens.items())),
-                                    return_exceptions=True)
-    result.seconds = loop.time() - started
+    go = asyncio.Event()
+    until = [math.inf]
+    connecting = asyncio.Semaphore(CONNECTING_AT_ONCE)
+    began = loop.time()
+    tasks = [asyncio.create_task(simulated_agent(url, a, t, epoch, batch, window, result, go,
+                                                 until, connecting, rate))
+             for a, t in tokens.items()]
+    deadline = loop.time() + 300
+    # Until every agent has connected (or failed to).
+    while sum(t.done() for t in tasks) + result.connected < len(tasks) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    result.connect_seconds = loop.time() - began
+    start = loop.time() + warmup
+    result.window = (start, start + seconds)
+    until[0] = start + seconds
+    go.set()
+    await asyncio.sleep(max(0.0, until[0] - loop.time()))
+    if during is not None:
+        await during()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     last: dict[str, int] = {}
     for (agent, _), outcome in zip(tokens.items(), outcomes):
         if isinstance(outcome, BaseException):
@@ -158,8 +199,6 @@ def main() -> None:
     result, _ = asyncio.run(run_load(args.url, tokens, f"load-{int(time.time())}", args.batch,
                                      args.window, args.seconds, args.rate))
     print(result.summary())
-    if result.latencies:
-        print(f"mean latency {statistics.mean(result.latencies) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":
