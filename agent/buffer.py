@@ -166,7 +166,7 @@ class Buffer:
             self._db.execute(f"PRAGMA max_page_count = {pages}")
             self._capped = True
             log.warning("disk full: the buffer stays at %d pages; the oldest readings make "
-                        "room for new ones until the disk has room again", pages)
+                        "room for new ones while the disk stays full", pages)
         self._checkpoint()
         oldest = self._oldest_seq()
         if oldest is None:
