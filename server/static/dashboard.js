@@ -371,5 +371,18 @@
     if (width && Math.abs(width - t.plot.width) > 2) t.plot.setSize({ width, height: 120 });
   })).observe(main);
 
-  connect();
+  // With `api.token` set on the collector, the API and the live feed want it: ask once and
+  // keep it in a same-site cookie (a browser cannot put a header on a WebSocket handshake).
+  async function authorize() {
+    for (let tries = 0; tries < 3; tries += 1) {
+      const response = await fetch("/api/agents", { cache: "no-store" });
+      if (response.status !== 401) return;
+      const token = window.prompt("This collector's API token (api.token in its config):");
+      if (!token) return;
+      document.cookie = `sensor_edge_api_token=${encodeURIComponent(token)}; path=/; `
+        + "SameSite=Strict" + (location.protocol === "https:" ? "; Secure" : "");
+    }
+  }
+
+  authorize().catch((e) => console.warn("authorize:", e)).finally(connect);
 })();
