@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +74,7 @@ class Collector:
                                        on_deleted=self.metrics.readings_expired.inc)
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
+        _raise_open_file_limit(self.config.limits.max_connections)
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -153,3 +155,18 @@ class Collector:
         self.live.publish(batches, added)
         if self.mqtt is not None:
             self.mqtt.stored(batches, added)
+
+
+def _raise_open_file_limit(connections: int) -> None:
+    """One file per connection: lift the soft limit (often 1024) towards the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Files besides the connections: the database, its WAL, logs, the listening sockets.
+    wanted = connections + 64
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < connections + 64:
+        log.warning("limits.max_connections is %d but this process may open only %d files; "
+                    "raise its limit (LimitNOFILE= in the systemd unit)", connections, soft)
