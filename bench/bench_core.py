@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,8 +80,19 @@ def bench_collector(workdir: Path, agents: int, batch: int, window: int, seconds
           f"product = {result.rate / ceiling:.2f} of it")
 
 
-def bench_agent(workdir: Path, seconds: float) -> dict[str, float]:
-    """The agent on 4 mock sensors: readings, peak RSS (MiB) and CPU per reading (us)."""
+def interpreter_rss(python: str) -> float:
+    """RSS (MiB) of `python -c pass`: what the interpreter and its site (.pth files) cost."""
+    code = ("print(next(int(l.split()[1]) for l in open('/proc/self/status') "
+            "if l.startswith('VmRSS')))")
+    return int(subprocess.run([python, "-c", code], capture_output=True, text=True,
+                              check=True).stdout) / 1024
+
+
+def bench_agent(workdir: Path, seconds: float, python: str | None = None) -> dict[str, float]:
+    """The agent on 4 mock sensors: readings, peak RSS (MiB) and CPU per reading (us).
+
+    ``python``: the interpreter to run the agent with (default: this one).
+    """
     tokens = {"rss-agent": "rss-agent-token-0123456789"}
     collector = Collector(workdir, tokens, name="rss-collector").start()
     sensors = [
@@ -90,7 +102,9 @@ def bench_agent(workdir: Path, seconds: float) -> dict[str, float]:
         {"name": "motion", "type": "motion", "pin": 17, "interval": 0.5},
     ]
     agent = Agent(workdir, "rss-agent", tokens["rss-agent"], [collector.stream_url],
-                  sensors=sensors).start()
+                  sensors=sensors)
+    agent.executable = python or sys.executable
+    agent.start()
     try:
         wait_until(lambda: stored_seqs(collector.storage, "rss-agent"), 20, what="first readings")
         _, cpu_start = proc_stats(agent.pid)
@@ -104,6 +118,8 @@ def bench_agent(workdir: Path, seconds: float) -> dict[str, float]:
     per_reading = (cpu_end - cpu_start) / max(1, readings) * 1e6
     print(f"agent, 4 mock sensors (~0.5 s), {seconds:g} s: {readings} readings, "
           f"peak RSS {peak / 1024:.1f} MiB, CPU {per_reading:.0f} us per reading")
+    print(f"  ({agent.executable} alone, `-c pass`: RSS {interpreter_rss(agent.executable):.1f}"
+          " MiB)")
     return {"readings": readings, "peak_mib": peak / 1024, "us_per_reading": per_reading}
 
 

@@ -186,6 +186,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=None,
                    help="measured seconds per collector scenario (default: its own)")
     p.add_argument("--agent-seconds", type=float, default=60.0)
+    p.add_argument("--agent-python", default=None,
+                   help="interpreter for the agent, e.g. a venv made by `pip install .` "
+                        "(default: this one)")
     args = p.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS) - {"agent"}
@@ -201,7 +204,7 @@ def main() -> None:
             for name in chosen:
                 if name == "agent":
                     print()
-                    bench_agent(workdir, args.agent_seconds)
+                    bench_agent(workdir, args.agent_seconds, args.agent_python)
                     continue
                 scenario = SCENARIOS[name]
                 if args.seconds:

@@ -53,6 +53,8 @@ class Process:
     """A program of ours run as `python -m MODULE`, with its output in a log file."""
 
     module = ""
+    # The interpreter that runs it (a benchmark may point this at a clean venv's).
+    executable = sys.executable
 
     def __init__(self, workdir: Path, config: dict[str, Any], name: str, args: tuple = ()):
         self.workdir = workdir
@@ -71,7 +73,7 @@ class Process:
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--config", str(self.config_path), *self.args],
+            [self.executable, "-m", self.module, "--config", str(self.config_path), *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()
