@@ -43,7 +43,7 @@ DROP_LOG_EVERY = 60.0
 
 
 class BufferFull(Exception):
-    """The disk is full and nothing is left in the buffer to drop."""
+    """The disk is full and dropping the oldest readings did not make room."""
 
 
 def _disk_full(error: sqlite3.Error) -> bool:
@@ -122,7 +122,8 @@ class Buffer:
                 if time.monotonic() >= self._reserve_retry_at:
                     self._take_reserve()
                 return last
-        raise BufferFull(f"the disk holding {self.path} is full and the buffer is empty")
+        raise BufferFull(f"the disk holding {self.path} is full and dropping the oldest "
+                         "readings made no room")
 
     def _append(self, samples: list[Sample]) -> int:
         if not samples:
