@@ -24,7 +24,7 @@ from .live import LiveFeed
 from .metrics import CollectorMetrics
 from .mqtt import MQTTBridge
 from .retention import Retention
-from .storage import Batch, Storage, open_storage
+from .storage import Batch, Storage, open_storage, safe_url
 
 log = logging.getLogger("sensor_edge.collector")
 T = TypeVar("T")
@@ -93,7 +93,7 @@ class Collector:
         log.info("listening on %s:%d%s, storing in %s", self.config.host, self.port,
                  "" if tls is None else " (TLS" + (", client certificates required)"
                                                   if self.config.tls.client_ca else ")"),
-                 self.config.storage)
+                 safe_url(self.config.storage))
 
     @property
     def port(self) -> int:

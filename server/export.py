@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .storage import READING_COLUMNS, ReadingQuery, open_storage
+from .storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
 
 FORMATS = ("csv", "jsonl")
 # How often the progress line is redrawn.
@@ -119,7 +119,7 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
     try:
         storage = open_storage(storage_url)
     except Exception as e:
-        raise ExportError(f"cannot open {storage_url}: {e}") from None
+        raise ExportError(f"cannot open {safe_url(storage_url)}: {e}") from None
     bar = None
     if progress is not None:
         bar = Progress(progress, query.since,

@@ -56,8 +56,13 @@ def test_agents_of_a_killed_collector_move_to_the_other_and_lose_nothing(
     assert "Traceback" not in "".join(x.log() for x in agents) + b.log()
 
 
-def test_the_same_batches_through_two_collectors_at_once_are_stored_once(make_collector):
-    collectors = [make_collector(name="collector-a"), make_collector(name="collector-b")]
+def test_the_same_batches_through_two_collectors_at_once_are_stored_once(make_collector,
+                                                                        storage_url):
+    # (The server trusts 127.0.0.1, so a password is accepted and ignored: never logged.)
+    with_password = storage_url.replace("postgres@", "postgres:hunter2-secret@", 1)
+    assert with_password != storage_url
+    collectors = [make_collector(name="collector-a"),
+                  make_collector(name="collector-b", storage=with_password)]
     headers = {"Authorization": f"Bearer {TOKENS['pi-5']}"}
     hello = json.dumps({"type": "hello", "agent": "pi-5", "epoch": "twice", "version": "t"})
     frames = [json.dumps({"type": "readings", "readings": [
@@ -94,3 +99,4 @@ def test_the_same_batches_through_two_collectors_at_once_are_stored_once(make_co
     stored = sum(counter(c, "sensor_edge_readings_stored_total") for c in collectors)
     duplicate = sum(counter(c, "sensor_edge_readings_duplicate_total") for c in collectors)
     assert (stored, duplicate) == (2000, 2000)
+    assert "postgres:***@" in collectors[1].log() and "hunter2" not in collectors[1].log()

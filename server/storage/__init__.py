@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from collections.abc import Iterator
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from ..protocol import Reading
 
@@ -67,6 +68,15 @@ class Storage(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+def safe_url(url: str) -> str:
+    """A storage URL fit for logs and messages: a postgresql:// password masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
 def open_storage(url: str) -> Storage:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from ...config.service import StartupError
-from . import READING_COLUMNS, Batch, ReadingQuery
+from . import READING_COLUMNS, Batch, ReadingQuery, safe_url
 from .sqlite import _filters
 
 log = logging.getLogger("sensor_edge.collector.storage")
@@ -130,16 +129,6 @@ def _driver():
     except ImportError:
         raise StartupError(f"PostgreSQL storage needs psycopg 3: {PIP_HINT}") from None
     return psycopg, psycopg_pool
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
 def _one_line(error: BaseException) -> str:
