@@ -28,8 +28,13 @@ def test_demo_runs_a_collector_and_mock_agents_that_store_readings(tmp_path):
         out, err = demo.communicate(timeout=30)
     finally:
         if demo.poll() is None:
-            demo.kill()
-            demo.wait(10)
+            # SIGTERM, not SIGKILL: the demo then stops the processes it started.
+            demo.terminate()
+            try:
+                demo.wait(30)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait(10)
     assert demo.returncode == 0, err
     assert f"http://127.0.0.1:{port}/api/readings" in out
     for name in ("collector.log", "demo-pi-1.log", "demo-pi-2.log"):
