@@ -84,11 +84,7 @@ class LiveFeed:
             return
         readings = []
         for batch, count in zip(batches, added):
-            if count <= 0:
-                continue
-            # Duplicates are resends of a batch's start (the agent resumes after the
-            # acked seq), so the newly stored readings are its last `count`.
-            for seq, sensor, metric, value, unit, ts in batch.rows[len(batch.rows) - count:]:
+            for seq, sensor, metric, value, unit, ts in batch.new_rows(count):
                 readings.append(dict(zip(READING_COLUMNS, (
                     batch.agent, batch.epoch, seq, sensor, metric, value, unit, ts))))
         if readings:

@@ -202,11 +202,7 @@ class MQTTBridge:
     def stored(self, batches: Sequence[Batch], added: Sequence[int]) -> None:
         """Queue what one commit stored; runs on the event loop and never blocks."""
         for batch, count in zip(batches, added):
-            if count <= 0:
-                continue
-            # Readings already stored (a resend after a lost ack) are a prefix of the batch:
-            # the agent resends in seq order from the last ack, so the new ones are the tail.
-            rows = batch.rows[len(batch.rows) - count:]
+            rows = batch.new_rows(count)
             for i, row in enumerate(rows):
                 try:
                     self._queue.put_nowait((batch.agent, batch.epoch, row))

@@ -26,6 +26,14 @@ class Batch:
     epoch: str
     rows: list[Reading]
 
+    def new_rows(self, added: int) -> list[Reading]:
+        """The rows a commit stored for the first time, given how many it added.
+
+        Duplicates are resends of a batch's start (an agent resumes after the
+        acked seq, in seq order), so the newly stored readings are its tail.
+        """
+        return self.rows[len(self.rows) - added:] if added > 0 else []
+
 
 @dataclass(frozen=True)
 class ReadingQuery:
