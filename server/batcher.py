@@ -75,6 +75,15 @@ class Batcher:
                     self._executor, self._storage.store, batches, time.time())
             except Exception as e:  # a full disk, a locked database: fail these, keep serving
                 log.error("commit of %d readings failed: %s", rows, e)
+                # Everything queued behind them fails too: stored after an earlier batch
+                # of its agent that was not, it would leave a gap below the acked seq
+                # (the highest stored), and the agent would never resend what is missing.
+                while not stopping and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        stopping = True
+                    else:
+                        group.append(item)
                 for _, future in group:
                     if not future.done():
                         future.set_exception(e)

@@ -42,6 +42,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                        loop.time())
     peer = _peer(ws)
     registered = False
+    future: asyncio.Future[int] | None = None  # the last batch handed to the batcher
     try:
         async for frame in ws:
             try:
@@ -56,6 +57,11 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
             if isinstance(message, Readings):
                 if not message.readings:
                     continue
+                if _failed(future):
+                    # A commit of ours failed (the ack task is closing with 1011): a later
+                    # batch must not be stored without it; the agent resends both.
+                    await ws.close(1011, "storage failure")
+                    break
                 collector.metrics.batches.inc()
                 collector.metrics.readings_received.inc(len(message.readings))
                 future = collector.batcher.submit(Batch(agent_id, session.epoch, message.readings))
@@ -66,7 +72,13 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                     collector.metrics.rate_limited_seconds.inc(pause)
                     await asyncio.sleep(pause)
             elif isinstance(message, Hello):
-                acked = await collector.read(collector.storage.acked, agent_id, message.epoch)
+                try:
+                    acked = await collector.read(collector.storage.acked, agent_id,
+                                                 message.epoch)
+                except Exception as e:  # the database is down or restarting: the agent retries
+                    log.error("agent %s: cannot look up what is stored: %s", agent_id, e)
+                    await ws.close(1011, "storage unavailable")
+                    break
                 now = time.time()
                 state = collector.agents.connected(message, now)
                 registered = True
@@ -115,6 +127,11 @@ async def _send_acks(collector: Collector, ws: ServerConnection,
         except ConnectionClosed:
             return
         collector.metrics.acks.inc()
+
+
+def _failed(future: asyncio.Future[int] | None) -> bool:
+    return (future is not None and future.done()
+            and (future.cancelled() or future.exception() is not None))
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -100,3 +100,54 @@ def test_the_same_batches_through_two_collectors_at_once_are_stored_once(make_co
     duplicate = sum(counter(c, "sensor_edge_readings_duplicate_total") for c in collectors)
     assert (stored, duplicate) == (2000, 2000)
     assert "postgres:***@" in collectors[1].log() and "hunter2" not in collectors[1].log()
+
+
+def test_database_connections_cut_under_a_running_collector_cost_no_reading(
+        make_collector, make_agent, storage_url):
+    import psycopg
+
+    collector = make_collector()
+    agent = make_agent(collector, "pi-1")
+    wait_until(lambda: len(collector.stored_seqs("pi-1")) > 20, 20, what="first readings")
+    with psycopg.connect(storage_url, autocommit=True) as db:
+        cut = db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                         ).fetchone()[0]
+    assert cut >= 1  # the collector's pooled connections
+    mark = agent.last_seq()
+    wait_until(lambda: len(collector.stored_seqs("pi-1")) > mark + 20, 30,
+               what="storing to go on over new connections")
+    assert agent.terminate() == 0
+    stored = collector.stored_seqs("pi-1", agent.epoch())
+    assert contiguous(stored)
+    assert stored[-1] + agent.buffered() == agent.last_seq()
+    assert "Traceback" not in collector.log() + agent.log()
+
+
+def test_a_database_outage_loses_nothing(make_collector, make_agent, storage_url,
+                                         postgres_databases):
+    collector = make_collector()
+    agent = make_agent(collector, "pi-1")
+    wait_until(lambda: len(collector.stored_seqs("pi-1")) > 20, 20, what="first readings")
+    name = storage_url.rsplit("/", 1)[1]
+    postgres_databases._admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    postgres_databases._admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              f"WHERE datname = '{name}'")
+    try:
+        mark = agent.last_seq()
+        # Past the pool's wait for a connection, commits fail; nothing is acked.
+        wait_until(lambda: "failed: couldn't get a connection" in collector.log()
+                   and agent.last_seq() > mark + 30, 30,
+                   what="commits to fail while the agent buffers")
+        assert collector.running()
+    finally:
+        postgres_databases._admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    back = agent.last_seq()
+    wait_until(lambda: len(collector.stored_seqs("pi-1")) > back + 10, 60,
+               what="delivery once the database is back")
+    assert agent.terminate() == 0
+    stored = collector.stored_seqs("pi-1", agent.epoch())
+    gaps = [(a, b) for a, b in zip(stored, stored[1:]) if b != a + 1]
+    assert contiguous(stored), (gaps, len(stored), agent.last_seq(), agent.buffered())
+    assert stored[-1] + agent.buffered() == agent.last_seq()
+    assert "Traceback" not in collector.log() + agent.log()

@@ -30,6 +30,9 @@ PIP_HINT = "pip install 'sensor-edge[postgres]'"
 # The collector's writer thread and its four readers each hold one at most.
 POOL_SIZE = 5
 CONNECT_TIMEOUT = 10
+# How long a storage call waits for a pooled connection; during a database
+# outage a commit fails after this (and its agents retry), not after 30 s.
+POOL_TIMEOUT = 5
 # A commit that deadlocks with another collector's (a lock taken in another
 # order) is rolled back by the server; it is safe to run again.
 COMMIT_ATTEMPTS = 3
@@ -182,8 +185,11 @@ class PostgresStorage:
         def prepare(db: Any) -> None:
             db.execute(_STAGING)
 
+        # check: a connection the server dropped while it sat in the pool (a restart,
+        # a failover, an idle timeout) is replaced before use, not failed on.
         self._pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=True, configure=prepare, timeout=30,
+            url, min_size=1, max_size=pool_size, open=True, configure=prepare, timeout=POOL_TIMEOUT,
+            check=psycopg_pool.ConnectionPool.check_connection,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
             name="sensor-edge")
 
