@@ -14,6 +14,7 @@ TOKENS = {f"pi-{i}": f"token-for-pi-{i}-0123456789" for i in range(1, 6)}
 # Runs a test once per storage backend: make_collector (and the `storage_url`
 # fixture) then use a SQLite file, or a fresh PostgreSQL database.
 BOTH_BACKENDS = pytest.mark.parametrize("storage_backend", ["sqlite", "postgres"], indirect=True)
+POSTGRES_ONLY = pytest.mark.parametrize("storage_backend", ["postgres"], indirect=True)
 
 
 @pytest.fixture(scope="session")

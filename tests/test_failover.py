@@ -7,12 +7,11 @@ import json
 import re
 import threading
 
-import pytest
-from conftest import TOKENS
+from conftest import POSTGRES_ONLY, TOKENS
 from processes import Collector, wait_until
 from websockets.sync.client import connect
 
-pytestmark = pytest.mark.parametrize("storage_backend", ["postgres"], indirect=True)
+pytestmark = POSTGRES_ONLY
 
 
 def contiguous(seqs: list[int]) -> bool:
@@ -25,7 +24,7 @@ def connected(collector: Collector) -> set[str]:
 
 def counter(collector: Collector, name: str) -> float:
     text = collector.get("/metrics")[1].decode()
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+    return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
 
 
 def test_agents_of_a_killed_collector_move_to_the_other_and_lose_nothing(

@@ -9,12 +9,10 @@ import sys
 import threading
 
 import pytest
-from conftest import BOTH_BACKENDS
-
+from conftest import BOTH_BACKENDS, POSTGRES_ONLY
 from sensor_edge.config.service import StartupError
 from sensor_edge.server.storage import Batch, ReadingQuery, open_storage
 
-pytestmark = BOTH_BACKENDS
 NOW = 1_700_000_000.0
 
 
@@ -37,6 +35,7 @@ def seqs(storage, agent: str, epoch: str | None = None) -> list[int]:
     return sorted(r[2] for r in found if epoch is None or r[1] == epoch)
 
 
+@BOTH_BACKENDS
 def test_a_batch_is_stored_once_however_often_it_comes(storage):
     assert storage.store([Batch("a", "e1", rows(1, 5))], NOW) == [5]
     # A resend after a lost ack, overlapping what is stored, plus new readings.
@@ -46,6 +45,7 @@ def test_a_batch_is_stored_once_however_often_it_comes(storage):
     assert storage.acked("a", "e1") == 8
 
 
+@BOTH_BACKENDS
 def test_one_group_counts_each_batch_and_a_key_twice_only_once(storage):
     storage.store([Batch("a", "e1", rows(1, 2))], NOW)
     group = [Batch("a", "e1", rows(1, 4)),   # 1-2 stored before: adds 3, 4
@@ -63,6 +63,7 @@ def test_one_group_counts_each_batch_and_a_key_twice_only_once(storage):
     assert agents["a"]["last_seen"] == NOW + 1
 
 
+@BOTH_BACKENDS
 def test_queries_filter_order_and_keep_the_newest(storage):
     storage.store([Batch("a", "e", rows(1, 10, "t", "temperature")),
                    Batch("b", "e", rows(1, 10, "h", "humidity", ts0=NOW + 0.5))], NOW)
@@ -95,6 +96,7 @@ def test_queries_filter_order_and_keep_the_newest(storage):
     assert storage.readings(ReadingQuery(agent="nobody")) == []
 
 
+@BOTH_BACKENDS
 def test_iter_readings_pages_through_everything_oldest_first(storage):
     storage.store([Batch("b", "e", rows(1, 30, ts0=NOW)),
                    Batch("a", "e", rows(1, 30, ts0=NOW)),  # same times: agent breaks the tie
@@ -111,6 +113,7 @@ def test_iter_readings_pages_through_everything_oldest_first(storage):
     assert [(r[1], r[2]) for r in filtered] == [("f", s) for s in range(1, 6)]
 
 
+@BOTH_BACKENDS
 def test_old_readings_go_in_small_deletes_and_the_acked_seq_stays(storage):
     storage.store([Batch("a", "e", rows(1, 10, ts0=NOW - 1000)),
                    Batch("a", "e", rows(11, 15, ts0=NOW - 10))], NOW)
@@ -124,6 +127,7 @@ def test_old_readings_go_in_small_deletes_and_the_acked_seq_stays(storage):
     assert storage.acked("a", "e") == 15
 
 
+@BOTH_BACKENDS
 def test_what_is_stored_survives_a_reopen(storage_url):
     first = open_storage(storage_url)
     first.store([Batch("a", "e", rows(1, 3))], NOW)
@@ -136,6 +140,7 @@ def test_what_is_stored_survives_a_reopen(storage_url):
         again.close()
 
 
+@BOTH_BACKENDS
 def test_two_writers_racing_with_the_same_batches_store_each_once(storage_url):
     """Two collectors' storages, handed the same batches at once."""
     writers = [open_storage(storage_url) for _ in range(2)]
@@ -169,11 +174,9 @@ def test_two_writers_racing_with_the_same_batches_store_each_once(storage_url):
             w.close()
 
 
-def test_postgres_schema_is_versioned(storage_backend, storage_url):
-    if storage_backend != "postgres":
-        pytest.skip("the migrations table is PostgreSQL's")
+@POSTGRES_ONLY
+def test_postgres_schema_is_versioned(storage_url):
     import psycopg
-
     from sensor_edge.server.storage import postgres
 
     open_storage(storage_url).close()
@@ -191,9 +194,8 @@ def test_postgres_schema_is_versioned(storage_backend, storage_url):
         open_storage(storage_url)
 
 
+@POSTGRES_ONLY
 def test_postgres_errors_are_one_line_without_the_password(storage_backend, tmp_path):
-    if storage_backend != "postgres":
-        pytest.skip("PostgreSQL's connection errors")
     from processes import free_port
 
     url = f"postgresql://someone:hunter2@127.0.0.1:{free_port()}/nothing"
@@ -210,7 +212,7 @@ def test_postgres_errors_are_one_line_without_the_password(storage_backend, tmp_
                       "agents: [{id: a, token: a-token-0123456789}]\n")
     done = subprocess.run(
         [sys.executable, "-m", "sensor_edge.server", "--config", str(config)],
-        capture_output=True, text=True, timeout=30,
+        check=False, capture_output=True, text=True, timeout=30,
         env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode != 0
     assert "pip install 'sensor-edge[postgres]'" in done.stderr

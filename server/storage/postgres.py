@@ -269,11 +269,10 @@ class PostgresStorage:
         where, args = _filters(query, "%s")
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY ts, agent, epoch, seq"
-        with self._pool.connection() as db, db.transaction():
-            with db.cursor(name="export") as cur:
-                cur.itersize = chunk
-                cur.execute(sql, args)
-                yield from cur
+        with self._pool.connection() as db, db.transaction(), db.cursor(name="export") as cur:
+            cur.itersize = chunk
+            cur.execute(sql, args)
+            yield from cur
 
     def delete_older_than(self, cutoff: float, limit: int) -> int:
         with self._pool.connection() as db:
