@@ -29,6 +29,7 @@ CONNECTING_AT_ONCE = 100
 
 @dataclass
 class Result:
+    sent: int = 0  # readings sent, all told
     acked: int = 0  # readings acked, all told (the exactly-once check uses the last seqs)
     measured: int = 0  # readings acked inside the measured window
     latencies: list[float] = field(default_factory=list)
@@ -55,7 +56,8 @@ class Result:
         return (f"{self.measured:,} readings acked in {self.seconds:.1f} s = {self.rate:,.0f}/s; "
                 f"ack latency p50 {self.percentile(50) * 1000:.1f} ms, "
                 f"p99 {self.percentile(99) * 1000:.1f} ms; {self.connected} connected in "
-                f"{self.connect_seconds:.1f} s; {len(self.errors)} errors")
+                f"{self.connect_seconds:.1f} s; {self.acked:,} of {self.sent:,} sent acked; "
+                f"{len(self.errors)} errors")
 
 
 def batch_frame(first_seq: int, count: int, now: float) -> str:
@@ -130,6 +132,7 @@ async def simulated_agent(url: str, agent: str, token: str, epoch: str, batch: i
                     next_send += interval
                 await ws.send(batch_frame(next_seq, batch, time.time()))
                 next_seq += batch
+                result.sent += batch
                 in_flight.append((next_seq - 1, loop.time()))
             deadline = loop.time() + 30
             while in_flight and loop.time() < deadline and not receiver.done():
