@@ -34,6 +34,11 @@ MAX_UNSTORED = 10_000
 MAX_ERROR_TEXT = 200
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def clock_synced() -> bool | None:
     """Is the system clock disciplined by NTP (or the like)? None where we cannot tell.
 
@@ -43,9 +48,8 @@ def clock_synced() -> bool | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         timex = ctypes.create_string_buffer(512)  # larger than struct timex; modes = 0
-        state = libc.adjtimex(timex)
+        state = _libc().adjtimex(timex)
     except (OSError, AttributeError):
         return None
     return None if state < 0 else state != 5
@@ -105,7 +109,7 @@ class Agent:
         depth, oldest = await self.on_buffer(lambda: (buffer.depth, buffer.oldest_age()))
         sensors = {}
         for name, stats in self.sampler.stats.items():
-            fields = {**stats.as_json(), "consecutive_failures": stats.consecutive_failures}
+            fields = stats.as_json()
             if fields["last_error"] is not None:
                 fields["last_error"] = fields["last_error"][:MAX_ERROR_TEXT]
             sensors[name] = fields

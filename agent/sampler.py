@@ -36,7 +36,7 @@ class SensorStats:
 
     def as_json(self) -> dict:
         return {"good": self.good, "failed": self.failed, "failures": dict(self.failures),
-                "last_error": self.last_error}
+                "consecutive_failures": self.consecutive_failures, "last_error": self.last_error}
 
 
 class Sampler:

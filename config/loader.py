@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..server.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
 from .model import (
     BACKENDS,
     DEFAULT_POLL_INTERVAL,
@@ -302,14 +303,16 @@ def load_collector_config(path: str) -> CollectorConfig:
     if limits_value is not None:
         section = limits_value.section()
         limits = Limits(
-            # The contract: accept at least 256 KiB and 1,000 readings, refuse 2 MiB and 100,000.
+            # Within the contract's bounds: accept at least the minimum, refuse the maximum.
             max_frame_bytes=section.take(
                 "max_frame_bytes",
-                lambda v: v.integer(256 * 1024, 2 * 1024 * 1024 - 1),
+                lambda v: v.integer(MIN_FRAME_LIMIT, MAX_FRAME_LIMIT - 1),
                 limits.max_frame_bytes,
             ),
             max_batch_readings=section.take(
-                "max_batch_readings", lambda v: v.integer(1000, 99_999), limits.max_batch_readings
+                "max_batch_readings",
+                lambda v: v.integer(MIN_BATCH_LIMIT, MAX_BATCH_LIMIT - 1),
+                limits.max_batch_readings,
             ),
             max_readings_per_second=section.take(
                 "max_readings_per_second", lambda v: v.number(1), limits.max_readings_per_second

@@ -96,10 +96,6 @@ class SensorConfig:
     # contact bounce; the settled state is reported when the window ends.
     debounce: float | None = None
 
-    @property
-    def is_digital(self) -> bool:
-        return self.type in DIGITAL_TYPES
-
 
 @dataclass(frozen=True)
 class AgentConfig:
