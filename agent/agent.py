@@ -17,7 +17,7 @@ from ..config.model import AgentConfig
 from ..config.tls import client_context
 from . import __version__
 from .backends import Backend, choose_backend
-from .buffer import Buffer
+from .buffer import Buffer, machine_identity
 from .sampler import Sampler
 from .sensors import Sample, open_sensors
 from .uplink import Uplink
@@ -85,7 +85,7 @@ class Agent:
         wss = any(url.startswith("wss://") for url in self.config.urls)
         tls = client_context(self.config) if wss else None
         self.buffer = await self.on_buffer(Buffer, self.config.buffer_path,
-                                           self.config.max_buffered)
+                                           self.config.max_buffered, machine_identity())
         log.info("agent %s, epoch %s, %d readings waiting in %s", self.config.agent_id,
                  self.buffer.epoch, self.buffer.depth, self.config.buffer_path)
         self.backend = choose_backend(self.backend_name, self.config.pin_factory)
