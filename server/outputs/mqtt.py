@@ -22,17 +22,17 @@ import re
 import socket
 import threading
 from collections.abc import Sequence
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from ..config.model import MQTTConfig
-from ..config.service import StartupError
-from .protocol import Reading
+from sensor_edge.config.model import MQTTConfig
+from sensor_edge.contract import __version__
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.contract.protocol import Reading
 
 if TYPE_CHECKING:
-    from .agents import AgentRegistry, AgentState
-    from .metrics import CollectorMetrics
-    from .storage import Batch
+    from sensor_edge.server.ingest.agents import AgentRegistry, AgentState
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
+    from sensor_edge.server.storage import Batch
 
 log = logging.getLogger("sensor_edge.collector.mqtt")
 
@@ -101,7 +101,7 @@ def discovery_config(config: MQTTConfig, agent: str, version: str | None, sensor
             "model": "Raspberry Pi sensor agent",
             **({"sw_version": version} if version else {}),
         },
-        "origin": {"name": "sensor-edge", "sw_version": _version()},
+        "origin": {"name": "sensor-edge", "sw_version": __version__},
     }
     if metric in HA_BINARY_CLASSES:
         component = "binary_sensor"
@@ -117,13 +117,6 @@ def discovery_config(config: MQTTConfig, agent: str, version: str | None, sensor
     if device_class:
         payload["device_class"] = device_class
     return f"{config.discovery_prefix}/{component}/{node}/{obj}/config", payload
-
-
-def _version() -> str:
-    try:
-        return metadata.version("sensor-edge")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _check_topic_prefix(source: str, key: str, value: str) -> None:
