@@ -301,9 +301,10 @@ class Buffer:
 
     def after(self, seq: int, limit: int) -> list[Reading]:
         """Up to ``limit`` readings with seqs above ``seq``, in order."""
-        return self._db.execute(
+        rows = self._db.execute(
             "SELECT seq, sensor, metric, value, unit, ts FROM readings WHERE seq > ? "
             "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return list(map(Reading._make, rows))
 
     def acknowledged(self, seq: int) -> None:
         """The collector holds everything up to ``seq``: forget it."""
