@@ -1,0 +1,231 @@
+"""The alert rules' state machine: readings and agent silences in, transitions out.
+
+Pure and I/O-free: no asyncio, no database, no clock of its own. The asyncio
+stage (:mod:`.stage`) feeds it what each commit stored and a periodic tick of
+when each agent was last heard from, stores the transitions it returns and
+sends their notifications.
+
+Each (rule, agent, sensor, metric) series is ``ok``, ``pending`` or
+``firing``. A threshold series goes ``pending`` when a reading breaches the
+threshold and ``firing`` once breaching readings have lasted ``for`` seconds,
+measured on the readings' own timestamps: a backlog an agent delivers an hour
+late is judged by when it was read, not by when it arrived. It goes back to
+``ok`` only once a reading is past the threshold by ``hysteresis``, so a value
+wobbling at the threshold fires once and resolves once. Only ``ok -> firing``
+and ``firing -> ok`` are transitions (they are stored and notified);
+``pending`` lives in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import NamedTuple
+
+from ...config.model import AlertRule
+from ..protocol import Reading
+
+OK, PENDING, FIRING = "ok", "pending", "firing"
+# What a notification says happened: a transition to FIRING, or back to OK.
+FIRED, RESOLVED = "firing", "resolved"
+
+
+class SeriesKey(NamedTuple):
+    rule: str
+    agent: str
+    sensor: str  # "" for a stale rule: the whole agent went silent
+    metric: str
+
+
+@dataclass
+class Series:
+    rule: AlertRule
+    key: SeriesKey
+    state: str
+    since: float  # when the current state began (reading time; the clock for stale)
+    value: float | None = None  # the last value judged (a stale rule: seconds silent)
+    # The newest reading judged: an older one arriving later cannot rewrite history.
+    newest: float = -math.inf
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A series went ``old -> new`` (OK -> FIRING or FIRING -> OK) at ``ts``."""
+
+    rule: AlertRule
+    key: SeriesKey
+    old: str
+    new: str
+    value: float
+    ts: float
+
+    @property
+    def event(self) -> str:
+        return FIRED if self.new == FIRING else RESOLVED
+
+
+def breached(rule: AlertRule, value: float) -> bool:
+    return ((rule.above is not None and value > rule.above)
+            or (rule.below is not None and value < rule.below))
+
+
+def cleared(rule: AlertRule, value: float) -> bool:
+    """Back inside the threshold by at least the rule's hysteresis."""
+    return ((rule.above is None or value <= rule.above - rule.hysteresis)
+            and (rule.below is None or value >= rule.below + rule.hysteresis))
+
+
+class AlertEngine:
+    def __init__(self, rules: Iterable[AlertRule]):
+        rules = tuple(rules)
+        self.rules = {rule.name: rule for rule in rules}
+        self._threshold = tuple(r for r in rules if r.kind == "threshold")
+        self._stale = tuple(r for r in rules if r.kind == "stale")
+        # agent -> (sensor, metric) -> the threshold rules whose globs match: globs are
+        # matched once per series, so a row costs one dict lookup however many rules.
+        self._matching: dict[str, dict[tuple[str, str], tuple[AlertRule, ...]]] = {}
+        self._series: dict[SeriesKey, Series] = {}
+
+    @property
+    def watches_readings(self) -> bool:
+        return bool(self._threshold)
+
+    @property
+    def watches_agents(self) -> bool:
+        return bool(self._stale)
+
+    def rules_for(self, agent: str, sensor: str, metric: str) -> tuple[AlertRule, ...]:
+        """The threshold rules that watch this series (cached)."""
+        per_agent = self._matching.get(agent)
+        if per_agent is None:
+            per_agent = self._matching[agent] = {}
+        found = per_agent.get((sensor, metric))
+        if found is None:
+            found = per_agent[(sensor, metric)] = tuple(
+                r for r in self._threshold
+                if fnmatchcase(agent, r.agent) and fnmatchcase(sensor, r.sensor)
+                and fnmatchcase(metric, r.metric))
+        return found
+
+    def readings(self, agent: str, rows: Iterable[Reading]) -> list[Transition]:
+        """Judge newly stored readings of one agent; the transitions they cause, in order."""
+        transitions: list[Transition] = []
+        if not self._threshold:
+            return transitions
+        per_agent = self._matching.get(agent)
+        if per_agent is None:
+            per_agent = self._matching[agent] = {}
+        for _seq, sensor, metric, value, _unit, ts in rows:
+            rules = per_agent.get((sensor, metric))
+            if rules is None:
+                rules = self.rules_for(agent, sensor, metric)
+            for rule in rules:
+                transition = self._judge(rule, SeriesKey(rule.name, agent, sensor, metric),
+                                         value, ts)
+                if transition is not None:
+                    transitions.append(transition)
+        return transitions
+
+    def _judge(self, rule: AlertRule, key: SeriesKey, value: float,
+               ts: float) -> Transition | None:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = Series(rule, key, OK, ts)
+        if ts < series.newest:
+            return None
+        series.newest = ts
+        series.value = value
+        if series.state == FIRING:
+            if cleared(rule, value):
+                return self._move(series, OK, value, ts)
+            return None
+        if breached(rule, value):
+            if series.state == OK:
+                series.state, series.since = PENDING, ts
+            if ts - series.since >= rule.for_seconds:
+                return self._move(series, FIRING, value, ts)
+        elif series.state == PENDING:  # the condition did not hold for `for`
+            series.state, series.since = OK, ts
+        return None
+
+    def agents_seen(self, last_seen: Mapping[str, float | None], stale_after: float,
+                    now: float, listening_since: float = -math.inf) -> list[Transition]:
+        """Judge the stale rules: ``last_seen`` maps each agent to when it was last heard
+        from (None: never, which never fires: there is no silence to report yet).
+
+        ``listening_since``: when the collector started. Silence before it is not the
+        agent's, so a restarted collector gives agents stale_after to reconnect before
+        firing; an alert already firing resolves only when the agent is really heard."""
+        transitions: list[Transition] = []
+        for rule in self._stale:
+            for agent, seen in last_seen.items():
+                if seen is None or not fnmatchcase(agent, rule.agent):
+                    continue
+                key = SeriesKey(rule.name, agent, "", "")
+                series = self._series.get(key)
+                if series is None:
+                    series = self._series[key] = Series(rule, key, OK, seen)
+                silent = max(0.0, now - seen)
+                series.value = silent
+                if series.state == FIRING:
+                    stale = silent > stale_after
+                else:
+                    stale = now - max(seen, listening_since) > stale_after
+                if stale and series.state != FIRING:
+                    transitions.append(self._move(series, FIRING, silent, now))
+                elif not stale and series.state == FIRING:
+                    transitions.append(self._move(series, OK, silent, now))
+        return transitions
+
+    @staticmethod
+    def _move(series: Series, new: str, value: float, ts: float) -> Transition:
+        old = FIRING if series.state == FIRING else OK
+        series.state, series.since = new, ts
+        return Transition(series.rule, series.key, old, new, value, ts)
+
+    def adopt(self, key: SeriesKey, state: str, since: float, value: float | None) -> None:
+        """Take a stored state as this series' own (at start, or stored by another
+        collector meanwhile). Readings older than ``since`` are then ignored."""
+        rule = self.rules.get(key.rule)
+        if rule is None or state not in (OK, FIRING):
+            return  # a rule since removed from the config
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = Series(rule, key, state, since, value)
+        elif (series.state == FIRING) == (state == FIRING):
+            return  # the same (a pending series counts as ok)
+        series.state, series.since = state, since
+        if value is not None:
+            series.value = value
+        if rule.kind == "threshold":
+            series.newest = max(series.newest, since)
+
+    def in_state(self, key: SeriesKey) -> str | None:
+        series = self._series.get(key)
+        return None if series is None else series.state
+
+    def series(self) -> list[Series]:
+        """Every series a rule has judged, ordered by rule, agent, sensor, metric."""
+        return [self._series[k] for k in sorted(self._series)]
+
+
+def message(rule: AlertRule, key: SeriesKey, event: str, value: float | None,
+            stale_after: float) -> tuple[str, str]:
+    """A notification's title (names the alert) and body (agent, sensor, metric, value,
+    state)."""
+    if rule.kind == "stale":
+        shown = f"{value:.0f} s without a word (stale_after: {stale_after:g} s)" \
+            if value is not None else "?"
+        sensor = metric = "-"
+    else:
+        limits = [f"above {rule.above:g}" if rule.above is not None else "",
+                  f"below {rule.below:g}" if rule.below is not None else ""]
+        shown = f"{value:g}" if value is not None else "?"
+        shown += f" (alert when {' or '.join(x for x in limits if x)})"
+        sensor, metric = key.sensor, key.metric
+    title = f"{rule.name} {event}: {key.agent}" + (f" {sensor}" if rule.kind != "stale" else "")
+    body = "\n".join((f"alert: {rule.name}", f"state: {event}", f"agent: {key.agent}",
+                      f"sensor: {sensor}", f"metric: {metric}", f"value: {shown}"))
+    return title, body
