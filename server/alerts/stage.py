@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sensor_edge.collector.alerts")
 
 # How often stale rules are judged and the stored states re-read (another collector
-# on the same database may have fired or resolved a series meanwhile).
+# on the same database may have fired or resolved a series meanwhile); more often
+# with a short stale_after, so a silence is reported within a quarter of it.
 TICK_SECONDS = 5.0
+MIN_TICK_SECONDS = 0.25
 # A transition that could not be stored is tried again after 1 s, doubling up to this.
 STORE_RETRY_MAX = 30.0
 # At stop: how long transitions may take to be stored, and sends in progress to finish.
@@ -41,10 +43,10 @@ STOP_STORE_SECONDS, STOP_SEND_SECONDS = 1.0, 1.0
 
 class Alerts:
     def __init__(self, rules: Sequence[AlertRule], stale_after: float,
-                 registry: CollectorRegistry, tick_seconds: float = TICK_SECONDS):
+                 registry: CollectorRegistry):
         self.engine = AlertEngine(rules)
         self._stale_after = stale_after
-        self._tick_seconds = tick_seconds
+        self._tick_seconds = min(TICK_SECONDS, max(MIN_TICK_SECONDS, stale_after / 4))
         counters = metrics.register(registry, self.engine)
         self._notifier = Notifier(counters)
         self._storage: Storage | None = None
