@@ -74,6 +74,20 @@ def test_globs_pick_the_series_and_each_series_has_its_own_state():
                                                                  ("pi-2", OK)]
 
 
+def test_several_rules_on_one_series_each_keep_their_own_state():
+    engine = AlertEngine([AlertRule(name=f"over-{n}", above=n) for n in (10, 20, 30)]
+                         + [AlertRule(name="under-0", below=0)])
+    assert events(engine, "pi", (0, 5)) == []
+    fired = engine.readings("pi", rows((1, 25)))
+    assert [(t.rule.name, t.new) for t in fired] == [("over-10", FIRING), ("over-20", FIRING)]
+    back = engine.readings("pi", rows((2, 15)))
+    assert [(t.rule.name, t.new) for t in back] == [("over-20", OK)]
+    flipped = engine.readings("pi", rows((3, -1)))
+    assert [(t.rule.name, t.new) for t in flipped] == [("over-10", OK), ("under-0", FIRING)]
+    assert {s.key.rule: s.latest for s in engine.series()} == {
+        "over-10": -1, "over-20": -1, "over-30": -1, "under-0": -1}
+
+
 def test_an_older_reading_arriving_late_does_not_rewrite_the_state():
     engine = AlertEngine([AlertRule(name="hot", above=30)])
     assert events(engine, "pi", (100, 31)) == [(OK, FIRING, 31, 100)]

@@ -46,8 +46,41 @@ class Series:
     state: str
     since: float  # when the current state began (reading time; the clock for stale)
     value: float | None = None  # the last value judged (a stale rule: seconds silent)
-    # The newest reading judged: an older one arriving later cannot rewrite history.
-    newest: float = -math.inf
+    watch: _Watch | None = None  # a threshold rule's: the series' newest reading
+
+    @property
+    def latest(self) -> float | None:
+        return self.watch.value if self.watch is not None else self.value
+
+
+class _Watch:
+    """One (agent, sensor, metric) and the series of every rule that watches it.
+
+    Keeps what a reading needs to be passed over in O(1) however many rules
+    watch it: every series ok and the value breaching none of the thresholds.
+    """
+
+    __slots__ = ("series", "lowest_above", "highest_below", "unsettled", "newest", "value")
+
+    def __init__(self) -> None:
+        self.series: list[Series] = []
+        self.lowest_above = math.inf
+        self.highest_below = -math.inf
+        self.unsettled = 0  # series pending or firing
+        # The newest reading judged: an older one arriving later cannot rewrite history.
+        self.newest = -math.inf
+        self.value: float | None = None
+
+    def add(self, series: Series) -> None:
+        self.series.append(series)
+        if series.rule.above is not None:
+            self.lowest_above = min(self.lowest_above, series.rule.above)
+        if series.rule.below is not None:
+            self.highest_below = max(self.highest_below, series.rule.below)
+        self.settle()
+
+    def settle(self) -> None:
+        self.unsettled = sum(s.state != OK for s in self.series)
 
 
 @dataclass(frozen=True)
@@ -77,15 +110,17 @@ def cleared(rule: AlertRule, value: float) -> bool:
             and (rule.below is None or value >= rule.below + rule.hysteresis))
 
 
+_UNSEEN = object()
+
+
 class AlertEngine:
     def __init__(self, rules: Iterable[AlertRule]):
         rules = tuple(rules)
         self.rules = {rule.name: rule for rule in rules}
         self._threshold = tuple(r for r in rules if r.kind == "threshold")
         self._stale = tuple(r for r in rules if r.kind == "stale")
-        # agent -> (sensor, metric) -> the threshold rules whose globs match: globs are
-        # matched once per series, so a row costs one dict lookup however many rules.
-        self._matching: dict[str, dict[tuple[str, str], tuple[AlertRule, ...]]] = {}
+        # agent -> (sensor, metric) -> its watch, None if no rule matches.
+        self._watches: dict[str, dict[tuple[str, str], _Watch | None]] = {}
         self._series: dict[SeriesKey, Series] = {}
 
     @property
@@ -97,46 +132,60 @@ class AlertEngine:
         return bool(self._stale)
 
     def rules_for(self, agent: str, sensor: str, metric: str) -> tuple[AlertRule, ...]:
-        """The threshold rules that watch this series (cached)."""
-        per_agent = self._matching.get(agent)
-        if per_agent is None:
-            per_agent = self._matching[agent] = {}
-        found = per_agent.get((sensor, metric))
-        if found is None:
-            found = per_agent[(sensor, metric)] = tuple(
-                r for r in self._threshold
-                if fnmatchcase(agent, r.agent) and fnmatchcase(sensor, r.sensor)
-                and fnmatchcase(metric, r.metric))
-        return found
+        """The threshold rules whose globs match this series."""
+        return tuple(r for r in self._threshold
+                     if fnmatchcase(agent, r.agent) and fnmatchcase(sensor, r.sensor)
+                     and fnmatchcase(metric, r.metric))
+
+    def _watch(self, agent: str, sensor: str, metric: str) -> _Watch | None:
+        """This series' watch (None: no rule matches), made on first sight: globs are
+        matched once per series, not per reading."""
+        per_agent = self._watches.setdefault(agent, {})
+        if (sensor, metric) in per_agent:
+            return per_agent[(sensor, metric)]
+        watch = None
+        for rule in self.rules_for(agent, sensor, metric):
+            if watch is None:
+                watch = _Watch()
+            key = SeriesKey(rule.name, agent, sensor, metric)
+            series = self._series.get(key)  # adopted from storage before any reading
+            if series is None:
+                series = self._series[key] = Series(rule, key, OK, -math.inf)
+            series.watch = watch
+            watch.add(series)
+            watch.newest = max(watch.newest, series.since)
+        per_agent[(sensor, metric)] = watch
+        return watch
 
     def readings(self, agent: str, rows: Iterable[Reading]) -> list[Transition]:
         """Judge newly stored readings of one agent; the transitions they cause, in order."""
         transitions: list[Transition] = []
         if not self._threshold:
             return transitions
-        per_agent = self._matching.get(agent)
+        per_agent = self._watches.get(agent)
         if per_agent is None:
-            per_agent = self._matching[agent] = {}
+            per_agent = self._watches[agent] = {}
         for _seq, sensor, metric, value, _unit, ts in rows:
-            rules = per_agent.get((sensor, metric))
-            if rules is None:
-                rules = self.rules_for(agent, sensor, metric)
-            for rule in rules:
-                transition = self._judge(rule, SeriesKey(rule.name, agent, sensor, metric),
-                                         value, ts)
+            watch = per_agent.get((sensor, metric), _UNSEEN)
+            if watch is _UNSEEN:
+                watch = self._watch(agent, sensor, metric)
+                for series in watch.series if watch is not None else ():
+                    if series.since == -math.inf:  # ok since first seen
+                        series.since = ts
+            if watch is None or ts < watch.newest:
+                continue
+            watch.newest, watch.value = ts, value
+            if not watch.unsettled and watch.highest_below <= value <= watch.lowest_above:
+                continue  # the usual reading: every rule ok, no threshold crossed
+            for series in watch.series:
+                transition = self._judge(series, value, ts)
                 if transition is not None:
                     transitions.append(transition)
+            watch.settle()
         return transitions
 
-    def _judge(self, rule: AlertRule, key: SeriesKey, value: float,
-               ts: float) -> Transition | None:
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = Series(rule, key, OK, ts)
-        if ts < series.newest:
-            return None
-        series.newest = ts
-        series.value = value
+    def _judge(self, series: Series, value: float, ts: float) -> Transition | None:
+        rule = series.rule
         if series.state == FIRING:
             if cleared(rule, value):
                 return self._move(series, OK, value, ts)
@@ -199,15 +248,19 @@ class AlertEngine:
         series.state, series.since = state, since
         if value is not None:
             series.value = value
-        if rule.kind == "threshold":
-            series.newest = max(series.newest, since)
+        if series.watch is not None:
+            series.watch.newest = max(series.watch.newest, since)
+            if series.watch.value is None:
+                series.watch.value = value
+            series.watch.settle()
 
     def in_state(self, key: SeriesKey) -> str | None:
         series = self._series.get(key)
         return None if series is None else series.state
 
     def series(self) -> list[Series]:
-        """Every series a rule has judged, ordered by rule, agent, sensor, metric."""
+        """Every series a rule watches (seen in a reading or stored), ordered by rule,
+        agent, sensor, metric."""
         return [self._series[k] for k in sorted(self._series)]
 
 

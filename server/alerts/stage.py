@@ -87,7 +87,7 @@ class Alerts:
     def as_json(self) -> list[dict[str, Any]]:
         """`GET /api/alerts`: every series a rule has judged."""
         return [{"name": s.key.rule, "agent": s.key.agent, "sensor": s.key.sensor,
-                 "metric": s.key.metric, "state": s.state, "since": s.since, "value": s.value}
+                 "metric": s.key.metric, "state": s.state, "since": s.since, "value": s.latest}
                 for s in self.engine.series()]
 
     async def stop(self) -> None:
