@@ -69,7 +69,7 @@ class Collector:
         self.live.start()
         if self.mqtt is not None:
             self.mqtt.start(self.agents)
-        await self.alerts.start(self.storage, self._writer, self.read, self.agents)
+        await self.alerts.start(self.storage, self._writer, self.read, self.agents, self.mqtt)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
         self.batcher.start()
         if self.config.retention_days is not None:

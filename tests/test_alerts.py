@@ -3,6 +3,7 @@ SMTP), readings sent over the real protocol with chosen values and times."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -11,6 +12,7 @@ import pytest
 from alert_receivers import HandAgent, JSONReceiver, SMTPReceiver
 from conftest import BOTH_BACKENDS, POSTGRES_ONLY, TOKENS
 from processes import wait_until
+from test_mqtt import names, shared_subscriber  # noqa: F401 (fixtures)
 
 T0 = 1_700_000_000.0  # reading time: `for` is measured on it, so a test need not wait
 
@@ -195,3 +197,33 @@ def test_two_collectors_on_one_database_notify_once_per_transition(make_collecto
                       "pi-silent resolved", "freezer-warm firing"]
     pi.close()
     pi3.close()
+
+
+def test_each_rule_is_a_problem_binary_sensor_in_home_assistant(make_collector, receiver,
+                                                                names, shared_subscriber):
+    from test_mqtt import SHARED_BROKER, mqtt_section
+
+    prefix, discovery = names
+    sub = shared_subscriber
+    collector = make_collector(mqtt=mqtt_section(SHARED_BROKER, prefix, discovery),
+                               alerts=[freezer_rule(receiver.url, **{"for": 0}),
+                                       {"name": "pi-silent", "kind": "stale"}])
+    config_topic = f"{discovery}/binary_sensor/sensor_edge_collector/alert_freezer-warm/config"
+    wait_until(lambda: sub.last(config_topic), 15, what="the rule's discovery config")
+    config = json.loads(sub.last(config_topic))
+    assert config["device_class"] == "problem"
+    state_topic = config["state_topic"]
+    assert state_topic == f"{prefix}/collector/alerts/freezer-warm"
+    assert sub.last(f"{discovery}/binary_sensor/sensor_edge_collector/alert_pi-silent/config")
+    wait_until(lambda: sub.last(state_topic), 10, what="the rule's first state")
+    assert json.loads(sub.last(state_topic)) == {"state": "OFF", "firing": []}
+    pi = HandAgent(collector.stream_url, "pi-1", TOKENS["pi-1"])
+    pi.send((T0, -5))
+    wait_until(lambda: json.loads(sub.last(state_topic))["state"] == "ON", 10,
+               what="the binary sensor to turn on")
+    [series] = json.loads(sub.last(state_topic))["firing"]
+    assert series["agent"] == "pi-1" and series["value"] == -5
+    pi.send((T0 + 10, -20))
+    wait_until(lambda: json.loads(sub.last(state_topic))["state"] == "OFF", 10,
+               what="the binary sensor to turn off")
+    pi.close()

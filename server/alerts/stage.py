@@ -26,6 +26,7 @@ from .notifier import Delivery, Notifier
 
 if TYPE_CHECKING:
     from ..agents import AgentRegistry
+    from ..mqtt import MQTTBridge
     from ..storage import Batch, Storage
 
 log = logging.getLogger("sensor_edge.collector.alerts")
@@ -53,6 +54,7 @@ class Alerts:
         self._writer: Executor | None = None
         self._read: Callable[..., Awaitable[Any]] | None = None
         self._agents: AgentRegistry | None = None
+        self._entities: Any = None  # Home Assistant's view, with mqtt: on
         self._transitions: asyncio.Queue[Transition] = asyncio.Queue()
         self._in_flight: Counter[SeriesKey] = Counter()  # transitions not yet stored
         self._stores = 0  # transitions stored so far: a read older than one is not adopted
@@ -60,7 +62,8 @@ class Alerts:
         self._started = time.time()
 
     async def start(self, storage: Storage, writer: Executor,
-                    read: Callable[..., Awaitable[Any]], agents: AgentRegistry) -> None:
+                    read: Callable[..., Awaitable[Any]], agents: AgentRegistry,
+                    mqtt: MQTTBridge | None = None) -> None:
         """Load the stored states, send what a previous run left unsent, start judging."""
         if not self.engine.rules:
             return
@@ -72,6 +75,10 @@ class Alerts:
             log.info("alert %s for %s: sending the %s notification a previous run left "
                      "unsent", rule, agent, state)
             self._deliver(self.engine.rules[rule], key, state, since, value)
+        if mqtt is not None:
+            from .home_assistant import AlertEntities
+
+            self._entities = AlertEntities(mqtt, self.engine)
         self._tasks = [asyncio.create_task(self._store_transitions(), name="alerts-store"),
                        asyncio.create_task(self._tick(), name="alerts-tick")]
         log.info("%d alert rules loaded", len(self.engine.rules))
@@ -155,6 +162,8 @@ class Alerts:
                          t.key.sensor, t.key.metric, t.value)
                 self._deliver(t.rule, t.key, t.new, t.ts, t.value)
             # else: another collector on this database stored (and notifies) it first
+            if self._entities is not None:
+                self._entities.refresh()
 
     def _deliver(self, rule: AlertRule, key: SeriesKey, state: str, since: float,
                  value: float | None) -> None:
@@ -178,6 +187,8 @@ class Alerts:
                 rows = await self._read(self._storage.alert_states)
                 if stores == self._stores:
                     self._adopt(rows)
+                if self._entities is not None:
+                    self._entities.refresh()
             except Exception as e:  # a database hiccup: next tick
                 log.warning("alerts: could not read agents or alert states: %s", e)
             await asyncio.sleep(self._tick_seconds)
