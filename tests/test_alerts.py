@@ -12,6 +12,7 @@ import pytest
 from alert_receivers import HandAgent, JSONReceiver, SMTPReceiver
 from conftest import BOTH_BACKENDS, POSTGRES_ONLY, TOKENS
 from processes import wait_until
+from test_dashboard import browser  # noqa: F401 (fixture)
 from test_mqtt import names, shared_subscriber  # noqa: F401 (fixtures)
 
 T0 = 1_700_000_000.0  # reading time: `for` is measured on it, so a test need not wait
@@ -226,4 +227,25 @@ def test_each_rule_is_a_problem_binary_sensor_in_home_assistant(make_collector, 
     pi.send((T0 + 10, -20))
     wait_until(lambda: json.loads(sub.last(state_topic))["state"] == "OFF", 10,
                what="the binary sensor to turn off")
+    pi.close()
+
+
+def test_the_dashboard_shows_firing_alerts_at_the_top(make_collector, receiver, browser):
+    from test_dashboard import text_of
+
+    collector = make_collector(alerts=[freezer_rule(receiver.url, **{"for": 0})])
+    pi = HandAgent(collector.stream_url, "pi-1", TOKENS["pi-1"])
+    pi.send((T0, -5))
+    browser.navigate(collector.base + "/")
+    banner = '#alerts .alert[data-alert="freezer-warm"]'
+    text = wait_until(lambda: text_of(browser, banner), 20, what="the firing alert on the page")
+    assert "freezer-warm firing: pi-1 freezer temperature = -5" in text
+    assert browser.evaluate("document.getElementById('alerts').hidden") is False
+    assert browser.evaluate(
+        "document.getElementById('alerts').compareDocumentPosition("
+        "document.getElementById('agents')) & Node.DOCUMENT_POSITION_FOLLOWING")  # above
+    pi.send((T0 + 10, -20))
+    wait_until(lambda: browser.evaluate("document.getElementById('alerts').hidden"), 20,
+               what="the banner to go once resolved")
+    assert browser.page_errors() == []
     pi.close()

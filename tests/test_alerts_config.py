@@ -73,3 +73,15 @@ def test_for_zero_and_durations(tmp_path):
     rules = load(tmp_path, GOOD.replace("for: 300", "for: 0")).alerts
     assert rules[0].for_seconds == 0
     assert load(tmp_path, GOOD.replace("for: 300", 'for: "5m"')).alerts[0].for_seconds == 300
+
+
+def test_every_example_in_the_alerts_doc_loads(tmp_path):
+    """docs/alerts.md stays true: each YAML example with alerts: passes the loader."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "alerts.md").read_text()
+    examples = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "alerts:" in b]
+    assert len(examples) >= 4
+    names = [rule.name for block in examples for rule in load(tmp_path, block).alerts]
+    assert {"freezer-warm", "greenhouse-temperature", "pi-silent"} <= set(names)
