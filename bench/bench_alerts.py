@@ -77,7 +77,8 @@ def latency(workdir: Path, receiver: JSONReceiver, probes: int) -> None:
             # Alternately across the threshold and back: each one a notification.
             agent.send((time.time(), 20.0 if i % 2 == 0 else 0.0), sensor="probe")
             acked = time.perf_counter()
-            wait_until(lambda: len(receiver.received()) > before, 30, interval=0.0005,
+            wait_until(lambda before=before: len(receiver.received()) > before, 30,
+                       interval=0.0005,
                        what="the notification")
             got = time.perf_counter()
             from_sent.append(got - sent)

@@ -45,7 +45,7 @@ def smtp():
 
 def metric(collector, name: str) -> float:
     text = collector.get("/metrics")[1].decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 
@@ -200,8 +200,8 @@ def test_two_collectors_on_one_database_notify_once_per_transition(make_collecto
     pi3.close()
 
 
-def test_each_rule_is_a_problem_binary_sensor_in_home_assistant(make_collector, receiver,
-                                                                names, shared_subscriber):
+def test_each_rule_is_a_problem_binary_sensor_in_home_assistant(
+        make_collector, receiver, names, shared_subscriber):  # noqa: F811 (fixtures)
     from test_mqtt import SHARED_BROKER, mqtt_section
 
     prefix, discovery = names
@@ -230,7 +230,8 @@ def test_each_rule_is_a_problem_binary_sensor_in_home_assistant(make_collector, 
     pi.close()
 
 
-def test_the_dashboard_shows_firing_alerts_at_the_top(make_collector, receiver, browser):
+def test_the_dashboard_shows_firing_alerts_at_the_top(
+        make_collector, receiver, browser):  # noqa: F811 (a fixture)
     from test_dashboard import text_of
 
     collector = make_collector(alerts=[freezer_rule(receiver.url, **{"for": 0})])

@@ -81,7 +81,7 @@ def test_every_example_in_the_alerts_doc_loads(tmp_path):
     from pathlib import Path
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "alerts.md").read_text()
-    examples = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "alerts:" in b]
+    examples = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL) if "alerts:" in b]
     assert len(examples) >= 4
     names = [rule.name for block in examples for rule in load(tmp_path, block).alerts]
     assert {"freezer-warm", "greenhouse-temperature", "pi-silent"} <= set(names)

@@ -60,7 +60,7 @@ class _Watch:
     watch it: every series ok and the value breaching none of the thresholds.
     """
 
-    __slots__ = ("series", "lowest_above", "highest_below", "unsettled", "newest", "value")
+    __slots__ = ("highest_below", "lowest_above", "newest", "series", "unsettled", "value")
 
     def __init__(self) -> None:
         self.series: list[Series] = []
