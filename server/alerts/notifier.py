@@ -111,6 +111,10 @@ class _Receiver(threading.Thread):
                  backoff: tuple[float, float], stopping: threading.Event):
         import apprise  # here: a collector without alerts does not need it
 
+        # Its INFO line on every attempt is noise; its warnings say why a send failed.
+        logging.getLogger("apprise").setLevel(max(logging.WARNING,
+                                                  logging.getLogger("apprise").level))
+
         self._types = {True: apprise.NotifyType.FAILURE, False: apprise.NotifyType.SUCCESS}
         loaded = apprise.Apprise()
         loaded.add(url)  # the loader checked it with Apprise already
