@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor_edge.config.model import AlertRule
-from sensor_edge.server.alerts.engine import (
+from sensor_edge.server.outputs.alerts.engine import (
     FIRING,
     OK,
     PENDING,

@@ -7,7 +7,7 @@ import threading
 from alert_receivers import JSONReceiver
 from processes import wait_until
 
-from sensor_edge.server.alerts.notifier import Delivery, NotificationCounters, Notifier
+from sensor_edge.server.outputs.alerts.notifier import Delivery, NotificationCounters, Notifier
 
 
 class Count:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..mqtt import COLLECTOR_NODE, availability_topic
-from .engine import FIRING, AlertEngine
+from sensor_edge.server.outputs.mqtt import COLLECTOR_NODE, availability_topic
+from sensor_edge.server.outputs.alerts.engine import FIRING, AlertEngine
 
 if TYPE_CHECKING:
-    from ..mqtt import MQTTBridge
+    from sensor_edge.server.outputs.mqtt import MQTTBridge
 
 
 def alert_topic(prefix: str, rule: str) -> str:

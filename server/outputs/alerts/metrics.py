@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .engine import FIRING, AlertEngine
-from .notifier import NotificationCounters
+from sensor_edge.server.outputs.alerts.engine import FIRING, AlertEngine
+from sensor_edge.server.outputs.alerts.notifier import NotificationCounters
 
 
 def register(registry: CollectorRegistry, engine: AlertEngine) -> NotificationCounters:

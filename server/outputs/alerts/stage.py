@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from ...config.model import AlertRule
-from . import metrics
-from .engine import FIRED, FIRING, RESOLVED, AlertEngine, SeriesKey, Transition, message
-from .notifier import Delivery, Notifier
+from sensor_edge.config.model import AlertRule
+from sensor_edge.server.outputs.alerts import metrics
+from sensor_edge.server.outputs.alerts.engine import FIRED, FIRING, RESOLVED, AlertEngine, SeriesKey, Transition, message
+from sensor_edge.server.outputs.alerts.notifier import Delivery, Notifier
 
 if TYPE_CHECKING:
-    from ..agents import AgentRegistry
-    from ..mqtt import MQTTBridge
-    from ..storage import Batch, Storage
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.outputs.mqtt import MQTTBridge
+    from sensor_edge.server.storage import Batch, Storage
 
 log = logging.getLogger("sensor_edge.collector.alerts")
 
@@ -76,7 +76,7 @@ class Alerts:
                      "unsent", rule, agent, state)
             self._deliver(self.engine.rules[rule], key, state, since, value)
         if mqtt is not None:
-            from .home_assistant import AlertEntities
+            from sensor_edge.server.outputs.alerts.home_assistant import AlertEntities
 
             self._entities = AlertEntities(mqtt, self.engine)
         self._tasks = [asyncio.create_task(self._store_transitions(), name="alerts-store"),

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import NamedTuple
 
-from ...config.model import AlertRule
-from ..protocol import Reading
+from sensor_edge.config.model import AlertRule
+from sensor_edge.contract.protocol import Reading
 
 OK, PENDING, FIRING = "ok", "pending", "firing"
 # What a notification says happened: a transition to FIRING, or back to OK.

@@ -8,6 +8,6 @@
 States are stored in the `alert_state` table (server/storage/alert_state.py).
 """
 
-from .stage import Alerts
+from sensor_edge.server.outputs.alerts.stage import Alerts
 
 __all__ = ["Alerts"]
