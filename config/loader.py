@@ -10,6 +10,7 @@ Unknown keys are errors: in a hand-written file they are nearly always typos.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import yaml
 
 from sensor_edge.contract.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
 from sensor_edge.config.model import (
+    ALERT_KINDS,
     BACKENDS,
     DEFAULT_POLL_INTERVAL,
     DIGITAL_TYPES,
@@ -29,6 +31,7 @@ from sensor_edge.config.model import (
     SENSOR_TYPES,
     AgentConfig,
     AgentCredential,
+    AlertRule,
     CollectorConfig,
     Limits,
     MQTTConfig,
@@ -40,6 +43,7 @@ from sensor_edge.config.model import (
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+ALERTS_PIP_HINT = "pip install 'sensor-edge[alerts]'"
 
 
 class ConfigError(Exception):
@@ -99,7 +103,7 @@ class _Value:
             raise self.error(f"{value} is out of range {low}..{high}")
         return value
 
-    def seconds(self) -> float:
+    def seconds(self, allow_zero: bool = False) -> float:
         """A duration: a number of seconds, or a string like "500ms", "5s", "2m", "1h"."""
         value = self._scalar()
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -108,7 +112,7 @@ class _Value:
             seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         else:
             raise self.error(f'expected seconds (a number or "5s"), got {value!r}')
-        if not math.isfinite(seconds) or seconds <= 0:
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
             raise self.error(f"expected a positive number of seconds, got {value!r}")
         return seconds
 
@@ -337,11 +341,12 @@ def load_collector_config(path: str) -> CollectorConfig:
         api_token = section.take("token", _Value.secret, None)
         section.finish()
     mqtt = root.take("mqtt", _mqtt, None)
+    alerts = root.take("alerts", _alert_rules, ())
     root.finish()
     return CollectorConfig(
         source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits,
         tls=tls, stale_after=stale_after, retention_days=retention_days, api_token=api_token,
-        mqtt=mqtt,
+        mqtt=mqtt, alerts=alerts,
     )
 
 
@@ -371,6 +376,80 @@ def _mqtt(value: _Value) -> MQTTConfig:
     )
     section.finish()
     return config
+
+
+def _alert_rules(value: _Value) -> tuple[AlertRule, ...]:
+    rules: list[AlertRule] = []
+    names: set[str] = set()
+    for item in value.items():
+        rule = _alert_rule(item)
+        if rule.name in names:
+            raise item.error(f"alert name {rule.name!r} is used twice")
+        names.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _alert_rule(item: _Value) -> AlertRule:
+    section = item.section()
+    name = section.require("name", _Value.name)
+    kind = section.take("kind", lambda v: v.choice(ALERT_KINDS), "threshold")
+    agent = section.take("agent", _Value.string, "*")
+    notify = tuple(_apprise_url(v) for v in section.take("notify", _Value.items, []))
+    if kind == "stale":  # only the agent glob applies: the agent's silence is the condition
+        for key in ("sensor", "metric", "above", "below", "hysteresis", "for"):
+            child = section.get(key)
+            if child is not None:
+                raise child.error("does not apply to kind: stale (an agent past stale_after)")
+        section.finish()
+        return AlertRule(name=name, kind=kind, agent=agent, notify=notify)
+    above = section.take("above", _finite, None)
+    below = section.take("below", _finite, None)
+    rule = AlertRule(
+        name=name, kind=kind, agent=agent,
+        sensor=section.take("sensor", _Value.string, "*"),
+        metric=section.take("metric", _Value.string, "*"),
+        above=above, below=below,
+        hysteresis=section.take("hysteresis", lambda v: v.number(0), 0.0),
+        for_seconds=section.take("for", lambda v: v.seconds(allow_zero=True), 0.0),
+        notify=notify,
+    )
+    section.finish()  # a typo ('abve') is named before what it leaves missing
+    if above is None and below is None:
+        raise item.error("a threshold alert needs 'above' or 'below' (or both: outside a band)")
+    if above is not None and below is not None and below >= above:
+        raise section.get("below").error(
+            f"with both, 'below' ({below:g}) must be under 'above' ({above:g})")
+    return rule
+
+
+def _finite(value: _Value) -> float:
+    number = value._scalar()
+    if isinstance(number, bool) or not isinstance(number, (int, float)) \
+            or not math.isfinite(number):
+        raise value.error(f"expected a finite number, got {number!r}")
+    return float(number)
+
+
+def _apprise_url(value: _Value) -> str:
+    """An Apprise URL that Apprise itself can load (the error shows only its scheme:
+    the rest often holds a token or password)."""
+    url = value.secret()
+    try:
+        import apprise
+    except ImportError:
+        raise value.error(f"alerts need Apprise: {ALERTS_PIP_HINT}") from None
+    quiet = logging.getLogger("apprise")
+    was_disabled, quiet.disabled = quiet.disabled, True  # its own complaint names the URL
+    try:
+        loaded = apprise.Apprise.instantiate(url)
+    finally:
+        quiet.disabled = was_disabled
+    if loaded is None:
+        scheme = url.split("://", 1)[0] if "://" in url else url[:0]
+        raise value.error(f"not a usable Apprise URL ({scheme + '://...' if scheme else 'no scheme'}"
+                          "; see the Apprise wiki for each service's form)")
+    return url
 
 
 def load_agent_config(path: str) -> AgentConfig:

@@ -71,6 +71,26 @@ class MQTTConfig:
     qos: int = 1
 
 
+ALERT_KINDS = ("threshold", "stale")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One `alerts:` entry (docs/alerts.md). Globs match like shell patterns."""
+
+    name: str
+    kind: str = "threshold"  # or "stale": an agent silent past stale_after
+    agent: str = "*"
+    sensor: str = "*"
+    metric: str = "*"
+    above: float | None = None  # fires above this, or below `below`; both: outside the band
+    below: float | None = None
+    hysteresis: float = 0.0  # clears only once back past the threshold by this much
+    for_seconds: float = 0.0  # `for`: how long (reading time) the condition must hold
+    # Apprise URLs; repr=False: they often carry tokens or passwords.
+    notify: tuple[str, ...] = field(default=(), repr=False)
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     source: str
@@ -84,6 +104,7 @@ class CollectorConfig:
     retention_days: float | None = None  # None: keep forever
     api_token: str | None = field(default=None, repr=False)  # set: the HTTP read API needs Authorization: Bearer
     mqtt: MQTTConfig | None = None  # None: no MQTT
+    alerts: tuple[AlertRule, ...] = ()
 
 
 @dataclass(frozen=True)

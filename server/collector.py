@@ -17,6 +17,7 @@ from sensor_edge.config.model import CollectorConfig
 from sensor_edge.runtime.tls import server_context
 from sensor_edge.server.web import http_api
 from sensor_edge.server.ingest.agents import AgentRegistry
+from sensor_edge.server.outputs.alerts import Alerts
 from sensor_edge.server.ingest.batcher import Batcher
 from sensor_edge.server.ingest.connection import serve_agent
 from sensor_edge.server.ingest.limits import FailedLogins
@@ -40,6 +41,7 @@ class Collector:
         self.live: LiveFeed | None = None
         self.retention: Retention | None = None
         self.mqtt: MQTTBridge | None = None
+        self.alerts = Alerts(config.alerts, config.stale_after, self.metrics.registry)
         self._server: Server | None = None
         # WebSocket connections being served (agents and browsers), for limits.max_connections.
         self.open_connections = 0
@@ -67,6 +69,7 @@ class Collector:
         self.live.start()
         if self.mqtt is not None:
             self.mqtt.start(self.agents)
+        await self.alerts.start(self.storage, self._writer, self.read, self.agents, self.mqtt)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
         self.batcher.start()
         if self.config.retention_days is not None:
@@ -117,6 +120,7 @@ class Collector:
             await self.batcher.stop()
         if self.mqtt is not None:  # after the batcher: its last commits get published too
             await self.mqtt.stop()
+        await self.alerts.stop()  # after the batcher too: its last commits are judged
         if self.storage is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.close)
         self._writer.shutdown(wait=True)
@@ -155,6 +159,7 @@ class Collector:
         self.live.publish(batches, added)
         if self.mqtt is not None:
             self.mqtt.stored(batches, added)
+        self.alerts.stored(batches, added)
 
 
 def _raise_open_file_limit(connections: int) -> None:

@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sensor_edge.config.model import MQTTConfig
@@ -157,6 +157,8 @@ class MQTTBridge:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False  # log a broker outage once, not on every retry
+        # Called on each connect, on the loop: other stages' retained topics (alerts).
+        self.on_connected: list[Callable[[], None]] = []
         self._stopping = False
         metrics.mqtt_pending.set_function(lambda: self._queue.qsize() + self._holding
                                           + len(self._in_flight))
@@ -202,6 +204,13 @@ class MQTTBridge:
                 except asyncio.QueueFull:
                     self.metrics.mqtt_dropped.inc(len(rows) - i)
                     break
+
+    def publish(self, topic: str, payload: str) -> bool:
+        """Publish a retained message now if connected (False: not connected)."""
+        if not self._connected.is_set():
+            return False
+        self._client.publish(topic, payload, qos=self.config.qos, retain=True)
+        return True
 
     def agent_presence(self, state: AgentState, online: bool) -> None:
         """An agent's first connection opened (online) or its last one closed (offline)."""
@@ -300,6 +309,8 @@ class MQTTBridge:
         for state in self._agents.all() if self._agents else ():
             self._publish_availability(state.id, state.connections > 0)
         self._announce_all()
+        for hook in self.on_connected:
+            hook()
 
     def _announce_all(self) -> None:
         if self._connected.is_set():

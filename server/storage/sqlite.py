@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, alert_state
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
@@ -37,6 +37,18 @@ CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL,
     readings INTEGER NOT NULL
+);
+-- Version 2: alert states (server/storage/alert_state.py).
+CREATE TABLE IF NOT EXISTS alert_state (
+    rule TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    value REAL,
+    notified INTEGER NOT NULL,
+    PRIMARY KEY (rule, agent, sensor, metric)
 );
 """
 
@@ -159,6 +171,24 @@ class SQLiteStorage:
             "SELECT id, last_seen, readings FROM agents ORDER BY id"
         ).fetchall()
         return [{"id": r[0], "last_seen": r[1], "readings": r[2]} for r in rows]
+
+    def alert_states(self) -> list[tuple]:
+        return alert_state.load(self._connection())
+
+    def alert_transition(self, key: tuple[str, str, str, str], old: str, new: str,
+                         since: float, value: float | None, notified: bool) -> bool:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            won = alert_state.transition(db, "?", key, old, new, since, value, notified)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return won
+
+    def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
+        alert_state.mark_notified(self._connection(), "?", key, state, since)
 
     def close(self) -> None:
         with self._lock:

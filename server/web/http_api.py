@@ -151,6 +151,8 @@ async def route(collector: Collector, connection: ServerConnection,
             return respond(200, collector.metrics.render(), collector.metrics.content_type)
         if path == "/api/agents":
             return respond_json(200, {"agents": collector.agents.as_json()})
+        if path == "/api/alerts":
+            return respond_json(200, {"alerts": collector.alerts.as_json()})
         if path == "/api/readings":
             query = reading_query(parse_qs(url.query, keep_blank_values=False))
             rows = await collector.read(collector.storage.readings, query)
