@@ -576,8 +576,10 @@ def _check_sensors_apart(sensors: list[SensorConfig], items: list[_Value]) -> No
         interface = SENSOR_TYPES[sensor.type].interface
         place, where, bus = None, "", ("", ())
         if interface == "i2c":
-            place, where = ("i2c", sensor.bus, sensor.address), \
-                f"address 0x{sensor.address:02x} on I2C bus {sensor.bus}"
+            # An ADC's channels share its address; anything else on one address clashes.
+            place = ("i2c", sensor.bus, sensor.address, sensor.channel)
+            where = f"address 0x{sensor.address:02x} on I2C bus {sensor.bus}" + \
+                ("" if sensor.channel is None else f", channel {sensor.channel},")
             if sensor.bus == 1:
                 bus = ("I2C bus 1", I2C1_PINS)
         elif interface == "spi":

@@ -142,9 +142,10 @@ class I2CPart:
     def read(self) -> dict[str, float]:
         where = f"0x{self.sensor.address:02x} on I2C bus {self.bus.bus}"
         try:
-            if self._driver is None:
-                self._driver = self._open()
-            return self._measure(self._driver)
+            with self.bus.part_lock(self.sensor.address):
+                if self._driver is None:
+                    self._driver = self._open()
+                return self._measure(self._driver)
         except OSError as e:
             self._driver = None
             if is_no_ack(e):
@@ -239,9 +240,13 @@ class MCP3008Part:
     """One channel of an MCP3008 on SPI0 (CE0), through gpiozero on ``pin_factory``."""
 
     def __init__(self, sensor: SensorConfig, pin_factory: Any):
-        from gpiozero import MCP3008
+        from gpiozero import MCP3008, Device
         from gpiozero.exc import GPIOZeroError
 
+        if pin_factory is not None and Device.pin_factory is None:
+            # gpiozero 2.0's software SPI bus (the fallback, and the mock's) asks for the
+            # default pin factory even when given one: let that be the one we use.
+            Device.pin_factory = pin_factory
         try:
             self._adc = MCP3008(channel=sensor.channel, max_voltage=MCP3008_VREF,
                                 pin_factory=pin_factory)

@@ -46,6 +46,13 @@ class I2CBus:
         self._msg = i2c_msg
         self._smbus = (open_smbus or SMBus)(bus)
         self._lock = threading.Lock()
+        self._part_locks: dict[int, threading.Lock] = {}
+
+    def part_lock(self, address: int) -> threading.Lock:
+        """Held for a whole measurement: two sensors on one chip (an ADC's channels) must
+        not start a conversion in the middle of the other's."""
+        with self._lock:
+            return self._part_locks.setdefault(address, threading.Lock())
 
     # -- locking: adafruit_bus_device holds the bus for each register transaction --
     def try_lock(self) -> bool:
