@@ -173,13 +173,15 @@ def sensirion_words(*words: int, corrupt: bool = False) -> bytes:
     return bytes(out)
 
 
-class SHT3x(Part):
-    """SHT3x-DIS: 16-bit commands; a single shot's result read once; RH = 100 * S / 65535."""
+class Sensirion(Part):
+    """What the SHT3x and SHT4x share: commands of ``COMMAND_BYTES``, a result read once
+    (a read with none waiting is not acknowledged), words each with its CRC-8."""
 
-    SINGLE_SHOT = {0x2C06, 0x2C0D, 0x2C10, 0x2400, 0x240B, 0x2416}  # datasheet table 9
-    BREAK, SOFT_RESET, STATUS = 0x3093, 0x30A2, 0xF32D
+    COMMAND_BYTES = 0
+    MEASURE: set[int] = set()
+    OTHER: set[int] = set()  # valid commands without a result
 
-    def __init__(self, temperature: float = 21.5, humidity: float = 48.25):
+    def __init__(self, temperature: float, humidity: float):
         super().__init__()
         self.temperature, self.humidity = temperature, humidity
         self.corrupt_next = False
@@ -187,67 +189,67 @@ class SHT3x(Part):
         self._out = b""
 
     def raw(self) -> tuple[int, int]:
-        return (round((self.temperature + 45) / 175 * 65535), round(self.humidity / 100 * 65535))
+        raise NotImplementedError
+
+    def answer(self, command: int) -> bytes | None:
+        """The words a command other than a measurement leaves to read."""
+        return None
 
     def write(self, data: bytes) -> None:
         if not data:
             return  # the address alone: acknowledged (an address probe)
-        if len(data) != 2:
+        if len(data) != self.COMMAND_BYTES:
             raise no_ack()
-        command = struct.unpack(">H", data)[0]
+        command = int.from_bytes(data, "big")
         self.commands.append(command)
-        if command in self.SINGLE_SHOT:
+        if command in self.MEASURE:
             self._out = sensirion_words(*self.raw(), corrupt=self.corrupt_next)
             self.corrupt_next = False
-        elif command == self.STATUS:
-            self._out = sensirion_words(0x0000)
-        elif command not in (self.BREAK, self.SOFT_RESET):
+        elif (answer := self.answer(command)) is not None:
+            self._out = answer
+        elif command not in self.OTHER:
             raise no_ack()  # not a command of this part
 
     def read(self, length: int) -> bytes:
         if not self._out:
-            raise no_ack()  # no measurement waiting: the read header is not acknowledged
+            raise no_ack()
         out, self._out = self._out, b""
         return out + b"\xff" * (length - len(out))
 
 
-class SHT4x(Part):
+class SHT3x(Sensirion):
+    """SHT3x-DIS: 16-bit commands, single shot; RH = 100 * S / 65535 (datasheet 4.13)."""
+
+    COMMAND_BYTES = 2
+    MEASURE = {0x2C06, 0x2C0D, 0x2C10, 0x2400, 0x240B, 0x2416}  # datasheet table 9
+    OTHER = {0x3093, 0x30A2}  # break, soft reset
+
+    def __init__(self, temperature: float = 21.5, humidity: float = 48.25):
+        super().__init__(temperature, humidity)
+
+    def raw(self) -> tuple[int, int]:
+        return (round((self.temperature + 45) / 175 * 65535), round(self.humidity / 100 * 65535))
+
+    def answer(self, command: int) -> bytes | None:
+        return sensirion_words(0x0000) if command == 0xF32D else None  # the status register
+
+
+class SHT4x(Sensirion):
     """SHT4x: 8-bit commands; RH = -6 + 125 * S / 65535 (datasheet 4.6)."""
 
+    COMMAND_BYTES = 1
     MEASURE = {0xFD, 0xF6, 0xE0}  # high, medium, low precision, no heater
-    SOFT_RESET, SERIAL = 0x94, 0x89
+    OTHER = {0x94}  # soft reset
 
     def __init__(self, temperature: float = 19.75, humidity: float = 61.5):
-        super().__init__()
-        self.temperature, self.humidity = temperature, humidity
-        self.corrupt_next = False
-        self.commands: list[int] = []
-        self._out = b""
+        super().__init__(temperature, humidity)
 
     def raw(self) -> tuple[int, int]:
         return (round((self.temperature + 45) / 175 * 65535),
                 round((self.humidity + 6) / 125 * 65535))
 
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if len(data) != 1:
-            raise no_ack()
-        command = data[0]
-        self.commands.append(command)
-        if command in self.MEASURE:
-            self._out = sensirion_words(*self.raw(), corrupt=self.corrupt_next)
-            self.corrupt_next = False
-        elif command == self.SERIAL:
-            self._out = sensirion_words(0x1234, 0x5678)
-        elif command != self.SOFT_RESET:
-            raise no_ack()
-
-    def read(self, length: int) -> bytes:
-        if not self._out:
-            raise no_ack()
-        out, self._out = self._out, b""
-        return out + b"\xff" * (length - len(out))
+    def answer(self, command: int) -> bytes | None:
+        return sensirion_words(0x1234, 0x5678) if command == 0x89 else None  # the serial
 
 
 def bme280_calibration(t: tuple[int, int, int], p: tuple[int, ...],
