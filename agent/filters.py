@@ -38,6 +38,12 @@ def round_to(decimals: int) -> Step:
     return lambda ts, value, kept: (ts, round(value, decimals), kept)
 
 
+def within(difference: float, amount: float) -> bool:
+    """Is ``difference`` at most ``amount``? With float slack: readings 1.1 and 0.8 differ
+    by 0.30000000000000004, which an operator's `delta: 0.3` means to hold back."""
+    return difference <= amount or math.isclose(difference, amount, rel_tol=1e-9, abs_tol=1e-12)
+
+
 class Delta:
     """Keeps a value only if it differs by more than ``amount`` from the last one kept."""
 
@@ -48,7 +54,7 @@ class Delta:
     def __call__(self, ts: float, value: float, kept: bool) -> tuple[float, float, bool]:
         if not kept:
             return ts, value, False
-        if self.last is not None and abs(value - self.last) <= self.amount:
+        if self.last is not None and within(abs(value - self.last), self.amount):
             return ts, value, False
         self.last = value
         return ts, value, True
