@@ -83,8 +83,9 @@ class SimulatedPart:
             if failure is not None:
                 raise failure
             values = self._walk.step()
-        if self.sensor.type == "ads1115":
-            values["voltage"] = max(-self._full_scale, min(values["voltage"], self._full_scale))
+        if self.sensor.type == "ads1115":  # saturates at its codes -32768 and 32767
+            top = self._full_scale * 32767 / 32768
+            values["voltage"] = max(-self._full_scale, min(values["voltage"], top))
         return values
 
     def close(self) -> None:
