@@ -85,7 +85,8 @@ class ThrottleAverage:
 
     def __init__(self, period: float):
         self.period = period
-        self.start: float | None = None
+        self.origin: float | None = None  # the first reading's time: the grid's zero
+        self.window = 0.0  # the index of the open window on the grid
         self.total = 0.0
         self.count = 0
         self.last_ts = 0.0
@@ -93,15 +94,14 @@ class ThrottleAverage:
     def __call__(self, ts: float, value: float, kept: bool) -> tuple[float, float, bool]:
         if not kept:
             return ts, value, False
-        if self.start is None:
-            self.start = ts
+        if self.origin is None:
+            self.origin = ts
+        window = (ts - self.origin) // self.period
         result = (ts, value, False)
-        if ts >= self.start + self.period:
+        if window > self.window:  # ts is past the open window: close it
             if self.count:
                 result = (self.last_ts, self.total / self.count, True)
-            # The window that holds ts: whole periods on from the first one.
-            self.start += self.period * math.floor((ts - self.start) / self.period)
-            self.total, self.count = 0.0, 0
+            self.window, self.total, self.count = window, 0.0, 0
         self.total += value
         self.count += 1
         self.last_ts = ts

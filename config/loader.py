@@ -33,7 +33,7 @@ from .model import (
     SensorConfig,
     ServerTLS,
 )
-from .sensor_types import SENSOR_TYPES, Setting, SensorType
+from .sensor_types import SENSOR_TYPES, SensorType, Setting
 
 # Agent and sensor names end up in URLs, MQTT topics and metric labels.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -122,9 +122,9 @@ ADS1115_FULL_SCALE = MappingProxyType({2 / 3: 6.144, 1: 4.096, 2: 2.048, 4: 1.02
 MCP3008_VREF = 3.3  # its reference pin tied to the Pi's 3.3 V, as every wiring guide shows
 
 _NO_ACK = Failure("no_ack", "[Errno 121] Remote I/O error")
-_CLIMATE = dict(centre={"temperature": 21.0, "humidity": 45.0},
-                spread={"temperature": 3.0, "humidity": 10.0},
-                walk={"temperature": 0.15, "humidity": 0.5})
+_CLIMATE = {"centre": {"temperature": 21.0, "humidity": 45.0},
+            "spread": {"temperature": 3.0, "humidity": 10.0},
+            "walk": {"temperature": 0.15, "humidity": 0.5}}
 
 _TYPES = (
     SensorType(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import sys
 import time
 
@@ -18,23 +19,22 @@ import pytest
 from fakes.sensor_buses import (
     ADS1115,
     BME280,
+    FakeSMBus,
     SHT3x,
     SHT4x,
-    FakeSMBus,
     W1Tree,
     bme280_calibration,
     dallas_crc8,
     scratchpad,
     sensirion_crc8,
 )
-from test_hardware_backend import agent_config
-
 from sensor_edge.agent.backends.hardware import HardwareBackend
 from sensor_edge.agent.backends.mock import SimulatedMCP3008
 from sensor_edge.agent.probe import run_probe
 from sensor_edge.agent.sampler import Sampler
 from sensor_edge.agent.sensors import SensorReadError, open_sensors
 from sensor_edge.config.service import StartupError
+from test_hardware_backend import agent_config
 
 # The BMP280/BME280 datasheet's worked example (BMP280 datasheet 3.12, the same
 # compensation as the BME280's): these give 25.08 C and 100653.27 Pa.
@@ -197,7 +197,7 @@ def test_the_750ms_conversion_runs_off_the_event_loop(tmp_path):
     assert emitted[0][1:4] == ("temperature", 21.5, "C")
     assert elapsed >= 0.7
     # The loop went on ticking all through the read.
-    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) > 20 and max(gaps) < 0.2
 
 
@@ -215,7 +215,7 @@ def test_bme280_gives_the_datasheets_figures(tmp_path):
     backend, buses = backend_with(tmp_path, parts={1: {0x76: part}})
     room = open_one(tmp_path, backend, {"name": "room", "type": "bme280"})  # 0x76, bus 1
     got = values(room.read())
-    t, p, h = datasheet_bme280(DATASHEET_ADC_T, DATASHEET_ADC_P, ADC_H, DATASHEET_T,
+    _t, _p, h = datasheet_bme280(DATASHEET_ADC_T, DATASHEET_ADC_P, ADC_H, DATASHEET_T,
                                DATASHEET_P, HUMIDITY_CAL)
     assert got["temperature"] == (pytest.approx(25.08, abs=0.005), "C")
     assert got["pressure"] == (pytest.approx(1006.5327, abs=0.005), "hPa")

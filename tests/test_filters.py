@@ -4,15 +4,15 @@ agent with filters against a real collector (fewer readings stored, values trans
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
 import yaml
 from conftest import TOKENS
-from fakes.sensor_buses import SHT4x, FakeSMBus
+from fakes.sensor_buses import FakeSMBus, SHT4x
 from hypothesis import given
 from hypothesis import strategies as st
-
 from sensor_edge.agent.agent import Agent
 from sensor_edge.agent.backends.hardware import HardwareBackend
 from sensor_edge.agent.filters import (
@@ -68,7 +68,7 @@ def test_delta_keeps_only_changes_larger_than_its_amount(readings, amount):
     kept_values = [v for _, v in kept]
     if readings:
         assert kept[0] == readings[0]  # the first reading always passes
-    for a, b in zip(kept_values, kept_values[1:]):
+    for a, b in itertools.pairwise(kept_values):
         assert abs(b - a) > amount and not within(abs(b - a), amount)
     # Every reading held back was within the amount of the last one kept before it.
     last = None
@@ -322,7 +322,7 @@ def test_an_agent_with_filters_stores_fewer_transformed_readings(tmp_path, make_
     # On the plateau delta drops every reading; the heartbeat sends one each second.
     flat = [r for r in tuned if r["value"] == pytest.approx(45.2)]
     assert 2 <= len(flat) <= 4, flat
-    assert all(b["ts"] - a["ts"] >= 1.0 for a, b in zip(flat, flat[1:]))
+    assert all(b["ts"] - a["ts"] >= 1.0 for a, b in itertools.pairwise(flat))
     # Far fewer readings stored: under a tenth of the plain sensor's (both its metrics).
     assert len(plain_t) > 80 and len(tuned) * 10 < len(plain)
     # The agent's status counts what the filters held back (humidity is not kept at all).

@@ -3,16 +3,16 @@ as the real part does, read by an agent process into a real collector, and probe
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 from processes import wait_until
-from test_hardware_backend import agent_config
-from test_probe import buses, probe, table
-
 from sensor_edge.agent.backends.mock import MockBackend
 from sensor_edge.agent.sensors import SensorReadError, open_sensors
 from sensor_edge.config.sensor_types import SENSOR_TYPES
+from test_hardware_backend import agent_config
+from test_probe import buses, probe, table
 
 SENSORS = [
     {"name": "tank", "type": "ds18b20", "interval": 1},
@@ -51,7 +51,7 @@ def test_each_part_drifts_in_its_own_steps_and_fails_in_its_own_words(tmp_path, 
         assert all(low <= v <= high for v in series)
         # It drifts, but by small steps, as a room or a battery does.
         assert len(set(series)) > 5
-        steps = [abs(b - a) for a, b in zip(series, series[1:])]
+        steps = [abs(b - a) for a, b in itertools.pairwise(series)]
         assert max(steps) < 10 * simulation.walk[metric] + 0.01
         step = simulation.resolution[metric]
         if sensor["type"] != "mcp3008":  # gpiozero scales the MCP3008's codes itself

@@ -24,6 +24,7 @@ import os
 import struct
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 I2C_M_RD = 0x0001  # linux/i2c.h: a read message
 
@@ -178,8 +179,8 @@ class Sensirion(Part):
     (a read with none waiting is not acknowledged), words each with its CRC-8."""
 
     COMMAND_BYTES = 0
-    MEASURE: set[int] = set()
-    OTHER: set[int] = set()  # valid commands without a result
+    MEASURE: ClassVar[set[int]] = set()
+    OTHER: ClassVar[set[int]] = set()  # valid commands without a result
 
     def __init__(self, temperature: float, humidity: float):
         super().__init__()
@@ -221,8 +222,8 @@ class SHT3x(Sensirion):
     """SHT3x-DIS: 16-bit commands, single shot; RH = 100 * S / 65535 (datasheet 4.13)."""
 
     COMMAND_BYTES = 2
-    MEASURE = {0x2C06, 0x2C0D, 0x2C10, 0x2400, 0x240B, 0x2416}  # datasheet table 9
-    OTHER = {0x3093, 0x30A2}  # break, soft reset
+    MEASURE: ClassVar[set[int]] = {0x2C06, 0x2C0D, 0x2C10, 0x2400, 0x240B, 0x2416}  # datasheet table 9
+    OTHER: ClassVar[set[int]] = {0x3093, 0x30A2}  # break, soft reset
 
     def __init__(self, temperature: float = 21.5, humidity: float = 48.25):
         super().__init__(temperature, humidity)
@@ -238,8 +239,8 @@ class SHT4x(Sensirion):
     """SHT4x: 8-bit commands; RH = -6 + 125 * S / 65535 (datasheet 4.6)."""
 
     COMMAND_BYTES = 1
-    MEASURE = {0xFD, 0xF6, 0xE0}  # high, medium, low precision, no heater
-    OTHER = {0x94}  # soft reset
+    MEASURE: ClassVar[set[int]] = {0xFD, 0xF6, 0xE0}  # high, medium, low precision, no heater
+    OTHER: ClassVar[set[int]] = {0x94}  # soft reset
 
     def __init__(self, temperature: float = 19.75, humidity: float = 61.5):
         super().__init__(temperature, humidity)
@@ -354,7 +355,7 @@ class BME280(Part):
 class ADS1115(Part):
     """ADS1115: a pointer register, then 16-bit registers (datasheet 9.5, 9.6)."""
 
-    FULL_SCALE = {0: 6.144, 1: 4.096, 2: 2.048, 3: 1.024, 4: 0.512, 5: 0.256, 6: 0.256,
+    FULL_SCALE: ClassVar[dict[int, float]] = {0: 6.144, 1: 4.096, 2: 2.048, 3: 1.024, 4: 0.512, 5: 0.256, 6: 0.256,
                   7: 0.256}  # PGA[2:0] -> +-volts
 
     def __init__(self, inputs: tuple[float, float, float, float], conversion_reads: int = 3):
