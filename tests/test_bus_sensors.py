@@ -391,3 +391,51 @@ def test_probe_lists_the_buses_and_names_the_parts(tmp_path):
     assert "1-Wire 28-0316a2791dff" in rows["tank"] and "7.5 C" in rows["tank"]
     assert "0.2 V" in rows["battery"]
     assert "2/2 100%" in rows["gone"] and "no_ack: no answer at 0x45" in rows["gone"]
+
+
+# --- an agent with no bus sensors needs none of their drivers ----------------------------
+
+BLOCK_DRIVERS = """
+import sys
+BLOCKED = {"smbus2", "w1thermsensor", "adafruit_bme280", "adafruit_sht31d", "adafruit_sht4x",
+           "adafruit_ads1x15", "adafruit_bus_device", "micropython", "busio", "board"}
+
+class Uninstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, Uninstalled())
+from sensor_edge.agent.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_the_bus_drivers_the_mock_and_other_sensors_still_work(tmp_path):
+    import subprocess
+
+    import yaml
+
+    def probe_with_drivers_gone(backend: str, sensors: list[dict]):
+        config = tmp_path / f"{backend}.yaml"
+        config.write_text(yaml.safe_dump({
+            "agent": {"id": "pi-1"}, "collector": {"url": "ws://127.0.0.1:9/v1/stream",
+                                                   "token": "t"},
+            "backend": backend, "sensors": sensors}))
+        return subprocess.run([sys.executable, "-c", BLOCK_DRIVERS, "probe", "--config",
+                               str(config), "--reads", "1"],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    # The mock simulates every type without any driver.
+    mock = probe_with_drivers_gone("mock", [
+        {"name": "room", "type": "bme280"}, {"name": "tank", "type": "ds18b20"},
+        {"name": "soil", "type": "mcp3008"}, {"name": "soc", "type": "cpu_temperature"}])
+    assert "Traceback" not in mock.stderr and "soil" in mock.stdout, mock.stderr
+    # On the hardware, a sensor that needs no driver reads; the bus scan says what is missing.
+    hardware = probe_with_drivers_gone("hardware", [{"name": "soc", "type": "cpu_temperature"}])
+    assert "Traceback" not in hardware.stderr, hardware.stderr
+    assert "I2C bus 1: not available: scanning I2C needs smbus2" in hardware.stdout
+    # And a bus sensor whose driver is missing names the extra to install, in one line.
+    missing = probe_with_drivers_gone("hardware", [{"name": "room", "type": "bme280"}])
+    assert "Traceback" not in missing.stderr, missing.stderr
+    assert "pip install 'sensor-edge[i2c]'" in missing.stdout
