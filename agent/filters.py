@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from ..config.model import FilterConfig, SensorConfig
-from .sensors import Sample
+from sensor_edge.config.model import FilterConfig, SensorConfig
+from sensor_edge.agent.sensors import Sample
 
 # One step: (ts, value, kept) in, (ts, value, kept) out.
 Step = Callable[[float, float, bool], tuple[float, float, bool]]

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..config.model import AgentConfig, SensorConfig
-from ..config.sensor_types import SENSOR_TYPES, likely_i2c_parts, w1_part
-from ..config.service import StartupError
-from .backends import Backend, BusUnavailable, choose_backend
-from .sensors import Sample, Sensor, SensorReadError, open_sensor
+from sensor_edge.config.model import AgentConfig, SensorConfig
+from sensor_edge.config.sensor_types import SENSOR_TYPES, likely_i2c_parts, w1_part
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.agent.backends import Backend, BusUnavailable, choose_backend
+from sensor_edge.agent.sensors import Sample, Sensor, SensorReadError, open_sensor
 
 DEFAULT_READS = 3
 # Between reads of a sensor with no spacing of its own (CPU, a digital input).

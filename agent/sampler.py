@@ -17,8 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .filters import SensorFilters
-from .sensors import DigitalSensor, Sample, Sensor, SensorReadError
+from sensor_edge.agent.filters import SensorFilters
+from sensor_edge.agent.sensors import DigitalSensor, Sample, Sensor, SensorReadError
 
 log = logging.getLogger("sensor_edge.agent.sampler")
 

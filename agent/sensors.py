@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..config.model import SensorConfig
-from ..config.sensor_types import SENSOR_TYPES
-from .backends import DHT_CACHE_SECONDS, Backend, SensorReadError
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.config.sensor_types import SENSOR_TYPES
+from sensor_edge.agent.backends import DHT_CACHE_SECONDS, Backend, SensorReadError
 
 __all__ = ["Sample", "Sensor", "SensorReadError", "open_sensor", "open_sensors"]
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..server.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
-from .model import (
+from sensor_edge.contract.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
+from sensor_edge.config.model import (
     BACKENDS,
     DEFAULT_POLL_INTERVAL,
     FILTERS,
@@ -33,7 +33,7 @@ from .model import (
     SensorConfig,
     ServerTLS,
 )
-from .sensor_types import SENSOR_TYPES, SensorType, Setting
+from sensor_edge.config.sensor_types import SENSOR_TYPES, SensorType, Setting
 
 # Agent and sensor names end up in URLs, MQTT topics and metric labels.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -33,7 +33,7 @@ from sensor_edge.agent.backends.mock import SimulatedMCP3008
 from sensor_edge.agent.probe import run_probe
 from sensor_edge.agent.sampler import Sampler
 from sensor_edge.agent.sensors import SensorReadError, open_sensors
-from sensor_edge.config.service import StartupError
+from sensor_edge.runtime.service import StartupError
 from test_hardware_backend import agent_config
 
 # The BMP280/BME280 datasheet's worked example (BMP280 datasheet 3.12, the same

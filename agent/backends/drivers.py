@@ -21,11 +21,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...config.model import SensorConfig
-from ...config.sensor_types import MCP3008_VREF, SENSOR_TYPES
-from ...config.service import StartupError
-from . import BusUnavailable, SensorReadError
-from .i2c import I2CBus, is_no_ack
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.config.sensor_types import MCP3008_VREF, SENSOR_TYPES
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.agent.backends import BusUnavailable, SensorReadError
+from sensor_edge.agent.backends.i2c import I2CBus, is_no_ack
 
 W1_DEVICES = Path("/sys/bus/w1/devices")
 

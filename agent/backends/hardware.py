@@ -11,12 +11,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ...config.model import SensorConfig
-from ...config.sensor_types import SENSOR_TYPES
-from ...config.service import StartupError
-from . import CPU_TEMPERATURE_FILE, Backend, BusUnavailable, DHTDevice, Part
-from .drivers import I2C_PARTS, W1_DEVICES, MCP3008Part, W1Thermometer, w1_devices
-from .i2c import I2CBus, i2c_device_path
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.config.sensor_types import SENSOR_TYPES
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, Backend, BusUnavailable, DHTDevice, Part
+from sensor_edge.agent.backends.drivers import I2C_PARTS, W1_DEVICES, MCP3008Part, W1Thermometer, w1_devices
+from sensor_edge.agent.backends.i2c import I2CBus, i2c_device_path
 
 log = logging.getLogger("sensor_edge.agent.backend.hardware")
 

@@ -21,10 +21,10 @@ from dataclasses import replace
 
 from gpiozero.pins.mock import MockSPIDevice
 
-from ...config.model import SensorConfig
-from ...config.sensor_types import ADS1115_FULL_SCALE, MCP3008_VREF, SENSOR_TYPES, Simulation
-from . import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend, Part, SensorReadError
-from .drivers import MCP3008Part
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.config.sensor_types import ADS1115_FULL_SCALE, MCP3008_VREF, SENSOR_TYPES, Simulation
+from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend, Part, SensorReadError
+from sensor_edge.agent.backends.drivers import MCP3008Part
 
 log = logging.getLogger("sensor_edge.agent.backend.mock")
 
