@@ -56,7 +56,9 @@ def clock_synced() -> bool | None:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, backend: str | None = None):
+    def __init__(self, config: AgentConfig, backend: str | Backend | None = None):
+        """``backend``: a backend's name (--mock gives "mock"; None: the config's), or one
+        already made (tests hand in a hardware backend on fake buses)."""
         self.config = config
         self.backend_name = backend or config.backend
         self.backend: Backend | None = None
@@ -88,7 +90,8 @@ class Agent:
                                            self.config.max_buffered, machine_identity())
         log.info("agent %s, epoch %s, %d readings waiting in %s", self.config.agent_id,
                  self.buffer.epoch, self.buffer.depth, self.config.buffer_path)
-        self.backend = choose_backend(self.backend_name, self.config.pin_factory)
+        self.backend = self.backend_name if isinstance(self.backend_name, Backend) else \
+            choose_backend(self.backend_name, self.config.pin_factory)
         sensors = open_sensors(self.config.sensors, self.backend)
         self.backend.start()
         self.sampler = Sampler(sensors, self._collect)

@@ -39,6 +39,19 @@ def test_shipped_examples_load():
     assert agent.sensors and agent.urls[0].startswith("ws")
 
 
+def test_the_examples_commented_bus_sensors_load_once_uncommented(tmp_path):
+    import re
+
+    text = (REPO / "config" / "agent.example.yaml").read_text()
+    head, _, block = text.partition("  # Parts on the 1-Wire")
+    sensors = [re.sub(r"^  # ", "  ", line) for line in block.splitlines()[2:]]
+    config = load_agent_config(write(tmp_path, head + "\n".join(sensors) + "\n"))
+    kinds = {s.type for s in config.sensors}
+    assert {"ds18b20", "bme280", "sht3x", "mcp3008", "ads1115"} <= kinds
+    room = next(s for s in config.sensors if s.name == "room")
+    assert room.metrics == ("temperature", "pressure") and len(room.filters) == 4
+
+
 def test_collector_defaults_match_the_contract(tmp_path):
     config = load_collector_config(write(tmp_path, "agents: []\n"))
     assert (config.host, config.port) == ("0.0.0.0", 8765)

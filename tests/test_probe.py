@@ -31,9 +31,17 @@ def table(output: str) -> dict[str, list[str]]:
     import re
 
     lines = output.strip().splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == [
-        "SENSOR", "TYPE", "PIN", "READ TIME", "FAILED", "VALUES OR LAST ERROR"]
-    return {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in lines[1:-1])}
+    header = next(i for i, line in enumerate(lines) if line.startswith("SENSOR"))
+    assert re.split(r"\s{2,}", lines[header]) == [
+        "SENSOR", "TYPE", "WHERE", "READ TIME", "FAILED", "VALUES OR LAST ERROR"]
+    return {cells[0]: cells
+            for cells in (re.split(r"\s{2,}", line) for line in lines[header + 1:-1])}
+
+
+def buses(output: str) -> dict[str, str]:
+    """The bus lines printed before the table: {"1-Wire": "...", "I2C bus 1": "..."}."""
+    lines = output.strip().splitlines()
+    return dict(line.split(": ", 1) for line in lines[:lines.index("")])
 
 
 def hardware_env(tmp_path: Path, **scripts: str) -> dict:
