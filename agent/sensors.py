@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..config.model import READ_FLOORS, SensorConfig
+from ..server.home_assistant import METRICS
 from .backends import DHT_CACHE_SECONDS, Backend
 
 # (sensor, metric, value, unit, ts)
@@ -88,8 +89,8 @@ class DHTSensor(Sensor):
                 raise SensorReadError("implausible",
                                       f"{metric} {value} is outside {low:g}..{high:g}")
         return [
-            (self.name, "temperature", float(temperature), "C", ts),
-            (self.name, "humidity", float(humidity), "%", ts),
+            (self.name, "temperature", float(temperature), METRICS["temperature"].unit, ts),
+            (self.name, "humidity", float(humidity), METRICS["humidity"].unit, ts),
         ]
 
     def close(self) -> None:
@@ -123,7 +124,7 @@ class CpuTemperatureSensor(Sensor):
             value = self._backend.cpu_temperature()
         except (OSError, ValueError) as e:
             raise SensorReadError("io", f"cannot read the CPU temperature: {e}") from None
-        return [(self.name, "temperature", value, "C", time.time())]
+        return [(self.name, "temperature", value, METRICS["temperature"].unit, time.time())]
 
 
 class DigitalSensor(Sensor):
@@ -191,7 +192,7 @@ class DigitalSensor(Sensor):
         return [self._sample(self._state())]
 
     def _sample(self, value: float) -> Sample:
-        return (self.name, self.metric, value, "", time.time())
+        return (self.name, self.metric, value, METRICS[self.metric].unit, time.time())
 
     def close(self) -> None:
         with self._lock:
