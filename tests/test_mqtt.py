@@ -423,6 +423,7 @@ def test_a_publish_that_raises_never_ends_the_bridge(tmp_path, monkeypatch, make
     make_agent(collector, "pi-2")
     wait_until(lambda: metric(collector, "sensor_edge_mqtt_publish_errors_total") > 10, 20,
                what="pi-2's publishes to fail")
+    wait_until(lambda: sub.states(prefix, "pi-1"), 20, what="pi-1 on MQTT")
     after = max(k[2] for k in sub.states(prefix, "pi-1"))
     wait_until(lambda: max(k[2] for k in sub.states(prefix, "pi-1")) > after + 20, 20,
                what="pi-1 to keep being published")
