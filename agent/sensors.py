@@ -11,9 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..config.model import READ_FLOORS, SensorConfig
-from ..server.home_assistant import METRICS
-from .backends import DHT_CACHE_SECONDS, Backend
+from sensor_edge.config.model import READ_FLOORS, SensorConfig
+from sensor_edge.server.outputs.home_assistant import METRICS
+from sensor_edge.agent.backends import DHT_CACHE_SECONDS, Backend
 
 # (sensor, metric, value, unit, ts)
 Sample = tuple[str, str, float, str, float]

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from sensor_edge.agent.backends.mock import MockBackend
 from sensor_edge.agent.sensors import open_sensor
 from sensor_edge.config.model import MQTTConfig, SensorConfig
-from sensor_edge.server.home_assistant import (
+from sensor_edge.server.outputs.home_assistant import (
     BINARY_SENSOR,
     METRICS,
     SENSOR,
@@ -33,7 +33,7 @@ from sensor_edge.server.home_assistant import (
     entity,
     ha_id,
 )
-from sensor_edge.server.mqtt import discovery_config, topic_level
+from sensor_edge.server.outputs.mqtt import discovery_config, topic_level
 
 # sensor/const.py DEVICE_CLASS_UNITS (excerpt), enums resolved.
 DEVICE_CLASS_UNITS = {
@@ -193,4 +193,4 @@ def test_the_agent_takes_the_table_without_any_of_the_collectors_runtime():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == str(sorted(
-        ["sensor_edge.server", "sensor_edge.server.home_assistant", "sensor_edge.server.protocol"]))
+        ["sensor_edge.server", "sensor_edge.server.outputs.home_assistant", "sensor_edge.contract.protocol"]))

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from .agents import AgentRegistry
+    from sensor_edge.server.ingest.agents import AgentRegistry
 
 log = logging.getLogger("sensor_edge.collector")
 

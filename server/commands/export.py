@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Any
 
-from .storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
+from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
 
 if TYPE_CHECKING:
-    from .metrics import EscapedNames
+    from sensor_edge.server.outputs.metrics import EscapedNames
 
 FORMATS = ("csv", "jsonl")
 # OWASP's CSV injection list: a cell starting with one of these is a formula to Excel,
