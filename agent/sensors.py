@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from sensor_edge.config.model import SensorConfig
-from sensor_edge.config.sensor_types import SENSOR_TYPES
+from sensor_edge.config.sensor_types import METRICS, SENSOR_TYPES
 from sensor_edge.agent.backends import DHT_CACHE_SECONDS, Backend, SensorReadError
 
 __all__ = ["Sample", "Sensor", "SensorReadError", "open_sensor", "open_sensors"]
@@ -203,7 +203,7 @@ class DigitalSensor(Sensor):
         return [self._sample(self._state())]
 
     def _sample(self, value: float) -> Sample:
-        return (self.name, self.metric, value, "", time.time())
+        return (self.name, self.metric, value, METRICS[self.metric].unit, time.time())
 
     def close(self) -> None:
         with self._lock:

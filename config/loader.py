@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from sensor_edge.config.home_assistant import ha_id
 from sensor_edge.contract.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
 from sensor_edge.config.model import (
     ALERT_KINDS,
@@ -286,10 +287,12 @@ def load_collector_config(path: str) -> CollectorConfig:
     agents: list[AgentCredential] = []
     seen_ids: set[str] = set()
     seen_tokens: set[str] = set()
+    id_values: list[tuple[str, _Value]] = []
     agents_value = root.get("agents")
     for item in agents_value.items() if agents_value is not None else []:
         entry = item.section()
         agent_id = entry.require("id", _Value.name)
+        id_values.append((agent_id, entry.get("id")))
         token_value = entry.get("token")
         hash_value = entry.get("token_sha256")
         if (token_value is None) == (hash_value is None):
@@ -347,12 +350,28 @@ def load_collector_config(path: str) -> CollectorConfig:
         section.finish()
     mqtt = root.take("mqtt", _mqtt, None)
     alerts = root.take("alerts", _alert_rules, ())
+    if mqtt is not None:
+        _check_home_assistant_ids(id_values)
     root.finish()
     return CollectorConfig(
         source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits,
         tls=tls, stale_after=stale_after, retention_days=retention_days, api_token=api_token,
         mqtt=mqtt, alerts=alerts,
     )
+
+
+def _check_home_assistant_ids(id_values: list[tuple[str, _Value]]) -> None:
+    """Two agent ids Home Assistant would see as one device ('pi.hall', 'pi_hall') are refused:
+    their entities would share discovery topics and the last to announce would own them."""
+    first: dict[str, tuple[str, _Value]] = {}
+    for agent_id, value in id_values:
+        node = ha_id(agent_id)
+        if node in first:
+            other, other_value = first[node]
+            raise value.error(
+                f"agent id {agent_id!r} and {other!r} (line {other_value.line}) would be one "
+                f"device in Home Assistant ('{node}': it allows no '.'); rename one")
+        first[node] = (agent_id, value)
 
 
 def _server_tls(value: _Value) -> ServerTLS:

@@ -17,27 +17,45 @@ from types import MappingProxyType
 from typing import Any
 
 
+SENSOR, BINARY_SENSOR = "sensor", "binary_sensor"  # Home Assistant's entity platforms
+
+
 @dataclass(frozen=True)
 class Metric:
     """One quantity a reading carries, the same whichever part measured it."""
 
     name: str
-    unit: str  # as sent in each reading
+    unit: str  # as sent in each reading ("" for a digital input's 1/0)
     ha_device_class: str | None  # Home Assistant's device_class
-    ha_unit: str | None  # Home Assistant's unit_of_measurement (None: no unit)
+    # Wire unit -> the unit_of_measurement Home Assistant accepts for ha_device_class:
+    # this metric's own unit first, then what another agent may send
+    # (tests/test_home_assistant.py checks each against Home Assistant's own table).
+    ha_units: tuple[tuple[str, str], ...] = ()
     binary: bool = False  # an input's state (1/0): a binary_sensor in Home Assistant
 
+    @property
+    def ha_component(self) -> str:
+        return BINARY_SENSOR if self.binary else SENSOR
 
-TEMPERATURE = Metric("temperature", "C", "temperature", "°C")
-HUMIDITY = Metric("humidity", "%", "humidity", "%")
+    def ha_unit(self, unit: str) -> str | None:
+        """Home Assistant's spelling of a wire unit, or None if its class has no such unit."""
+        return dict(self.ha_units).get(unit)
+
+
+TEMPERATURE = Metric("temperature", "C", "temperature",
+                     (("C", "°C"), ("°C", "°C"), ("F", "°F"), ("°F", "°F"), ("K", "K")))
+HUMIDITY = Metric("humidity", "%", "humidity", (("%", "%"),))
 # hPa, as weather services quote it; Home Assistant's class for air pressure.
-PRESSURE = Metric("pressure", "hPa", "atmospheric_pressure", "hPa")
-VOLTAGE = Metric("voltage", "V", "voltage", "V")
-MOTION = Metric("motion", "", "motion", None, binary=True)
-PRESSED = Metric("pressed", "", None, None, binary=True)
+PRESSURE = Metric("pressure", "hPa", "atmospheric_pressure",
+                  (("hPa", "hPa"), ("Pa", "Pa"), ("kPa", "kPa"), ("mbar", "mbar")))
+VOLTAGE = Metric("voltage", "V", "voltage", (("V", "V"), ("mV", "mV")))
+# No type of ours reports it yet; an agent of another make may.
+ILLUMINANCE = Metric("illuminance", "lx", "illuminance", (("lx", "lx"),))
+MOTION = Metric("motion", "", "motion", binary=True)
+PRESSED = Metric("pressed", "", None, binary=True)  # a button has no device class there
 
 METRICS = MappingProxyType({m.name: m for m in (
-    TEMPERATURE, HUMIDITY, PRESSURE, VOLTAGE, MOTION, PRESSED)})
+    TEMPERATURE, HUMIDITY, PRESSURE, VOLTAGE, ILLUMINANCE, MOTION, PRESSED)})
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,20 @@ def test_collector_config_errors(tmp_path):
         assert str(caught.value).startswith(f"{path}:{line}: {key}"), str(caught.value)
 
 
+def test_agent_ids_that_would_be_one_home_assistant_device_are_refused_with_mqtt(tmp_path):
+    agents = ("agents:\n  - id: pi.hall\n    token: t-1\n  - id: pi-2\n    token: t-2\n"
+              "  - id: pi_hall\n    token: t-3\n")
+    path = write(tmp_path, agents + "mqtt:\n  host: 127.0.0.1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_collector_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:6: agents[2].id: agent id 'pi_hall' and 'pi.hall' "
+                              "(line 2) would be one device in Home Assistant"), message
+    assert "\n" not in message
+    # Without MQTT nothing meets in Home Assistant: the same agents are fine.
+    assert len(load_collector_config(write(tmp_path, agents)).agents) == 3
+
+
 def test_duplicate_token_error_does_not_echo_the_token(tmp_path):
     path = write(tmp_path, "agents:\n  - id: a\n    token: hush-1234\n"
                            "  - id: b\n    token: hush-1234\n")

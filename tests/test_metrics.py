@@ -136,3 +136,29 @@ def test_status_numbers_errors_and_refusals_are_exported(make_collector):
     assert value(m, "sensor_edge_protocol_errors", "sensor_edge_protocol_errors_total",
                  code="bad_json") == 1
     assert value(m, "sensor_edge_auth_failures", "sensor_edge_auth_failures_total") == 1
+
+
+def test_sensor_names_any_text_reach_prometheus_labels_intact(make_collector):
+    """prometheus_client escapes '\\', '"' and newlines in label values; a name that is not
+    even encodable as UTF-8 (a lone surrogate, valid JSON) is escaped by us, counted, and
+    /metrics keeps answering."""
+    collector = make_collector()
+    names = ['a"b', "c\\d", "e\nf", 'g}h{i="j"', "π ok", "\x00nul", "lone \ud800 half"]
+    headers = {"Authorization": f"Bearer {TOKENS['pi-2']}"}
+    with connect(collector.stream_url, additional_headers=headers, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "hello", "agent": "pi-2", "epoch": "e1", "version": "t"}))
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "status", "time": time.time(),
+                            "sensors": {n: {"good": i + 1} for i, n in enumerate(names)}}))
+        m = wait_until(lambda: (m := scrape(collector))["sensor_edge_sensor_reads"]["samples"]
+                       and m, 10, what="the status in /metrics")
+        got = {dict(labels)["sensor"]: v for (_, labels), v
+               in m["sensor_edge_sensor_reads"]["samples"].items()}
+        want = {n: float(i + 1) for i, n in enumerate(names)}
+        want["lone \\ud800 half"] = want.pop("lone \ud800 half")
+        assert got == want
+        for _ in range(3):  # scraped again: counted once, not per scrape
+            scrape(collector)
+    assert value(scrape(collector), "sensor_edge_names_escaped",
+                 "sensor_edge_names_escaped_total", output="prometheus_label") == 1
+    assert sum("lone" in line for line in collector.log().splitlines()) == 1

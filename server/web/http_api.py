@@ -21,7 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from sensor_edge.server.web import dashboard
-from sensor_edge.server.commands.export import readings_csv
+from sensor_edge.server.commands.export import counted_in, readings_csv
 from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
 from sensor_edge.contract.protocol import STREAM_PATH
 from sensor_edge.server.storage import ReadingQuery
@@ -160,7 +160,8 @@ async def route(collector: Collector, connection: ServerConnection,
         if path == "/api/readings.csv":
             query = reading_query(parse_qs(url.query, keep_blank_values=False))
             rows = await collector.read(collector.storage.readings, query)
-            response = respond(200, readings_csv(rows), "text/csv; charset=utf-8")
+            csv_text = readings_csv(rows, counted_in(collector.metrics.escaped_names))
+            response = respond(200, csv_text, "text/csv; charset=utf-8")
             response.headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
             return response
         asset = dashboard.asset(path)
