@@ -105,7 +105,8 @@ def test_buffer_depth_is_what_waits_for_an_ack(make_collector, make_agent):
     first = wait_until(lambda: collector.agent_entry("pi-1")["status"], 20,
                        what="pi-1's first status")
     assert first["buffer_depth"] == waiting
-    assert abs(first["buffer_oldest_age"] - (first["time"] - oldest_ts)) < 0.15
+    # (Its age and its time are taken a moment apart, on two threads.)
+    assert abs(first["buffer_oldest_age"] - (first["time"] - oldest_ts)) < 0.5
     assert first["sensors"] == {} and first["cpu_temperature"] is None
     assert first["dropped"] == 0
 

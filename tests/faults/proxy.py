@@ -5,9 +5,8 @@ both ways. It can stall (stop forwarding, connections stay up), cut (abort
 every connection, both sides see a reset), refuse new connections, cut in
 the middle of the next `readings` frame, or swallow the next `ack` and then
 cut. It reads WebSocket frames (after the HTTP upgrade) to find those, and
-counts what a test waits on: connections accepted and refused, `readings`
-frames held by a stall, the last seq forwarded to the collector and the last
-it acknowledged.
+counts what a test waits on: connections accepted and refused, agents'
+frames held by a stall, the last seq forwarded to the collector.
 """
 
 from __future__ import annotations
@@ -97,9 +96,8 @@ class FaultProxy:
         self.cuts = 0
         self.accepted = 0  # connections forwarded to the collector
         self.refused = 0  # connections closed at once while refusing
-        self.held = 0  # links with a `readings` frame waiting for a stall to end
+        self.held = 0  # links with a frame from the agent waiting for a stall to end
         self.forwarded_seq = 0  # the last seq of the last `readings` frame forwarded
-        self.acked_seq = 0  # the highest seq the collector acknowledged (forwarded or not)
 
     # --- control, from the test's thread -------------------------------------
 
@@ -209,10 +207,7 @@ class FaultProxy:
                 start = frame_text_start(unit) if websocket else b""
                 readings = upstream and start.startswith(b'{"type":"readings"')
                 ack = not upstream and start.startswith(b'{"type":"ack"')
-                if ack:
-                    seq = json.loads(frame_text_start(unit, None))["seq"]
-                    self.acked_seq = max(self.acked_seq, seq)
-                if readings and not self._flowing.is_set():
+                if upstream and not self._flowing.is_set():
                     self.held += 1
                     await self._flowing.wait()
                     self.held -= 1
