@@ -171,6 +171,56 @@ def test_edges_on_mock_pins_become_readings_debounced_as_configured(tmp_path):
     assert all(abs(s[4] - time.time()) < 30 for s in emitted)
 
 
+def test_a_settle_timer_running_late_reports_no_bounce_of_the_next_window(tmp_path,
+                                                                         monkeypatch):
+    """A settle timer is a thread and may run late: one armed in a window that has
+    ended must not report a bounce inside the next window."""
+    import threading
+
+    from sensor_edge.agent import sensors as sensors_module
+
+    timers: list[threading.Timer] = []
+
+    class HeldTimer(threading.Timer):
+        def start(self):  # runs when the test says, as a thread of its own
+            timers.append(self)
+
+    monkeypatch.setattr(sensors_module.threading, "Timer", HeldTimer)
+    debounce = 0.2
+    config = agent_config(tmp_path, [{"name": "door", "type": "button", "pin": 22,
+                                      "debounce": debounce}],
+                          backend="hardware", pin_factory="mock")
+    backend = choose_backend(config.backend, config.pin_factory)
+    [door] = open_sensors(config.sensors, backend)
+    pin = backend.pin_factory.pin(22)
+    readings: list = []
+    door.on_edge(readings.append)
+    try:
+        pin.drive_low()  # pressed: reported at once
+        pin.drive_high()  # a bounce: a settle timer is armed
+        pin.drive_low()
+        assert [r[2] for r in readings] == [1.0] and len(timers) == 1
+        # The debounce time passing is what is under test.
+        wait_until(lambda: time.time() >= readings[0][4] + debounce, debounce + 5,
+                   interval=0.01, what="the press's debounce window to end")
+        pin.drive_high()  # let go, after the window: reported at once
+        pin.drive_low()  # a bounce of that release
+        assert [r[2] for r in readings] == [1.0, 0.0]
+        stale = timers[0]
+        stale.interval = 0  # it was due: it runs now, late
+        threading.Thread.start(stale)
+        stale.join(5)
+        for timer in timers[1:]:  # one armed for the new window runs on time
+            threading.Thread.start(timer)
+            timer.join(5)
+        # The bounce's settled state arrives, one window after the release, not before.
+        assert [r[2] for r in readings] == [1.0, 0.0, 1.0]
+        assert readings[2][4] - readings[1][4] >= debounce - 0.01
+    finally:
+        door.close()
+        backend.close()
+
+
 # --- DHT at the adafruit_dht boundary ----------------------------------------------------
 
 def test_dht_failures_are_counted_dropped_and_never_repeated_as_new(tmp_path, fake_dht):
