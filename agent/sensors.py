@@ -186,6 +186,8 @@ class DigitalSensor(Sensor):
 
     def _settled(self) -> None:
         with self._lock:
+            if threading.current_thread() is not self._settle:
+                return  # armed in a window that has ended, and ran late
             self._settle = None
             if self._closed:
                 return
@@ -196,6 +198,9 @@ class DigitalSensor(Sensor):
     def _report(self, value: float, now: float) -> None:
         # Under the lock: edges reach the callback in the order they happened.
         self._reported, self._reported_at = value, now
+        if self._settle is not None:  # a new window: the last one's timer has no say in it
+            self._settle.cancel()
+            self._settle = None
         if self._callback is not None:
             self._callback(self._sample(value))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sensor_edge.contract import protocol
@@ -128,10 +129,9 @@ def assert_storable(message) -> None:
 @given(st.binary(max_size=2000))
 def test_any_bytes_are_refused_as_a_binary_frame(frame):
     assert parse_or_refuse(frame) is None
-    try:
+    with pytest.raises(ProtocolError) as refused:
         protocol.parse_agent_message(frame)
-    except ProtocolError as e:
-        assert e.close_code == 1003
+    assert refused.value.close_code == 1003
 
 
 @FUZZ

@@ -205,11 +205,14 @@ def test_a_fast_agent_is_slowed_to_the_reading_rate_not_refused(running):
 def test_unauthenticated_floods_do_not_touch_storage(running):
     collector, agent = running
     before = len(collector.stored_seqs("pi-1"))
+    failures_before = metric(collector, "sensor_edge_auth_failures_total")
     for _ in range(8):  # the collector slows these down (tests/test_security.py)
-        with pytest.raises(InvalidStatus), \
+        with pytest.raises(InvalidStatus) as refused, \
                 connect(collector.stream_url, open_timeout=10,
                         additional_headers={"Authorization": "Bearer guess"}):
             pass
+        assert refused.value.response.status_code == 401
+    assert metric(collector, "sensor_edge_auth_failures_total") - failures_before == 8
     keeps_storing(collector, agent, before)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from conftest import TOKENS
 from processes import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 
@@ -73,7 +74,7 @@ def test_counters_match_what_was_stored(make_collector, make_agent):
     assert counts == sorted(counts) and buckets[-1] == (float("inf"), commits)
 
     # Per agent, from the registry and the agent's last status.
-    entry = next(a for a in collector.json("/api/agents")["agents"] if a["id"] == "pi-1")
+    entry = collector.agent_entry("pi-1")
     assert value(m, "sensor_edge_agent_last_seen_timestamp_seconds",
                  agent="pi-1") == entry["last_seen"]
     assert value(m, "sensor_edge_agent_connected", agent="pi-1") == 0
@@ -121,17 +122,15 @@ def test_status_numbers_errors_and_refusals_are_exported(make_collector):
     # Errors by code, and handshakes refused.
     with connect(collector.stream_url, additional_headers=headers, open_timeout=10) as ws:
         ws.send("{oops")
-        try:
-            while True:
-                ws.recv(timeout=10)
-        except ConnectionClosed:
-            pass
-    try:
-        with connect(collector.stream_url, additional_headers={"Authorization": "Bearer nope"},
-                     open_timeout=10):
-            pass
-    except Exception:
+        assert json.loads(ws.recv(timeout=10))["error"] == "bad_json"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1007
+    with pytest.raises(InvalidStatus) as refused, \
+            connect(collector.stream_url, additional_headers={"Authorization": "Bearer nope"},
+                    open_timeout=10):
         pass
+    assert refused.value.response.status_code == 401
     m = scrape(collector)
     assert value(m, "sensor_edge_protocol_errors", "sensor_edge_protocol_errors_total",
                  code="bad_json") == 1
