@@ -8,9 +8,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, alert_state
+from sensor_edge.server.storage import (READING_COLUMNS, Batch, ReadingQuery, alert_state,
+                                        ha_entity_ids)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
@@ -49,6 +50,15 @@ CREATE TABLE IF NOT EXISTS alert_state (
     value REAL,
     notified INTEGER NOT NULL,
     PRIMARY KEY (rule, agent, sensor, metric)
+);
+-- Version 3: Home Assistant ids (server/storage/ha_entity_ids.py).
+CREATE TABLE IF NOT EXISTS ha_entity_ids (
+    agent TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    unique_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (agent, sensor, metric)
 );
 """
 
@@ -189,6 +199,20 @@ class SQLiteStorage:
 
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         alert_state.mark_notified(self._connection(), "?", key, state, since)
+
+    def ha_entity_ids(self) -> list[tuple]:
+        return ha_entity_ids.load(self._connection())
+
+    def claim_ha_entity_ids(self, proposals: list[tuple]) -> list[tuple]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            winners = ha_entity_ids.claim(db, "?", proposals)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return winners
 
     def close(self) -> None:
         with self._lock:
