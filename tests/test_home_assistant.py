@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,9 @@ from sensor_edge.agent.sensors import open_sensor
 from sensor_edge.config.model import MQTTConfig, SensorConfig
 from sensor_edge.config.home_assistant import EntityIds, entity, ha_id
 from sensor_edge.config.sensor_types import METRICS
-from sensor_edge.server.outputs.mqtt import CLAIM_ROUNDS, discovery_config, topic_level
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.server.outputs.metrics import CollectorMetrics
+from sensor_edge.server.outputs.mqtt import CLAIM_ROUNDS, MQTTBridge, discovery_config, topic_level
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 
 # sensor/const.py DEVICE_CLASS_UNITS (excerpt), enums resolved.
@@ -254,3 +257,14 @@ def test_the_agent_takes_the_table_without_any_of_the_collectors_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"  # the table is in config/, which both programs share
+
+
+@pytest.mark.parametrize("agent", ["collector", "collector_alert", "collector.alert"])
+def test_no_agent_may_take_the_collectors_topics_or_ids(agent):
+    """The collector's availability topic and its alert entities' ids are its own."""
+    with pytest.raises(StartupError, match="rename the agent"):
+        MQTTBridge(MQTTConfig(), CollectorMetrics(), "c.yaml", ["pi-1", agent])
+
+
+def test_names_near_the_collectors_are_fine():
+    MQTTBridge(MQTTConfig(), CollectorMetrics(), "c.yaml", ["collectors", "my-collector"])

@@ -168,9 +168,13 @@ class MQTTBridge:
                                f"{INSTALL_HINT}") from None
         _check_topic_prefix(source, "prefix", config.prefix)
         _check_topic_prefix(source, "discovery_prefix", config.discovery_prefix)
-        if COLLECTOR_NODE in agent_ids:
-            raise StartupError(f"{source}: agent id {COLLECTOR_NODE!r} would share the "
-                               "collector's MQTT availability topic; rename the agent")
+        for agent in agent_ids:
+            # The collector's own topics and ids (availability, alert entities) are
+            # `collector` and `sensor_edge_collector_...`: no agent may reach into them.
+            node = ha.ha_id(agent)
+            if node == COLLECTOR_NODE or node.startswith(COLLECTOR_NODE + "_"):
+                raise StartupError(f"{source}: agent id {agent!r} would share the collector's "
+                                   "MQTT topics or Home Assistant ids; rename the agent")
         self._paho = paho
         self.config = config
         self.metrics = metrics
