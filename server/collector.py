@@ -7,7 +7,7 @@ import functools
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -19,6 +19,8 @@ from . import http_api
 from .agents import AgentRegistry
 from .batcher import Batcher
 from .connection import serve_agent
+from .hosts import AllowedHosts, own_names
+from .http_server import HTTPFront, chunks_from_thread
 from .limits import FailedLogins
 from .live import LiveFeed
 from .metrics import CollectorMetrics
@@ -28,6 +30,7 @@ from .storage import Batch, Storage, open_storage, safe_url
 
 log = logging.getLogger("sensor_edge.collector")
 T = TypeVar("T")
+SERVER_HEADER = "sensor-collector"
 
 
 class Collector:
@@ -41,6 +44,9 @@ class Collector:
         self.retention: Retention | None = None
         self.mqtt: MQTTBridge | None = None
         self._server: Server | None = None
+        self._front: HTTPFront | None = None
+        # The Host names the HTTP side answers to (set at start: finding our own may ask DNS).
+        self.hosts = AllowedHosts(config.allowed_hosts)
         # WebSocket connections being served (agents and browsers), for limits.max_connections.
         self.open_connections = 0
         self.failed_logins = FailedLogins(config.limits.bad_token_max_delay)
@@ -53,8 +59,14 @@ class Collector:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(function, *args))
 
+    def stream(self, produce: Callable[[], Iterator[bytes]]) -> AsyncIterator[bytes]:
+        """The chunks of a blocking storage read and its encoding, made on a reader thread."""
+        return chunks_from_thread(produce, self._readers)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        names = await loop.run_in_executor(None, own_names)
+        self.hosts = AllowedHosts([*names, *self.config.allowed_hosts])
         if self.config.mqtt is not None:  # first: a missing client library stops us here
             self.mqtt = MQTTBridge(self.config.mqtt, self.metrics, self.config.source,
                                    [a.id for a in self.config.agents])
@@ -75,6 +87,9 @@ class Collector:
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
         _raise_open_file_limit(self.config.limits.max_connections)
+        self._front = HTTPFront(http_api.WEBSOCKET_PATHS, functools.partial(http_api.answer, self),
+                                timeout=self.config.limits.handshake_timeout,
+                                server_header=SERVER_HEADER)
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -82,13 +97,15 @@ class Collector:
             ssl=tls,
             # Covers the TLS handshake too: a client that connects and stalls is dropped.
             open_timeout=self.config.limits.handshake_timeout,
-            process_request=functools.partial(http_api.route, self),
+            # Every connection is sorted first: plain HTTP to the front, WebSocket paths on.
+            create_connection=self._front.connection,
+            process_request=functools.partial(http_api.admit, self),
             max_size=self.config.limits.max_frame_bytes,
             # Readings are small JSON; compressing them costs more CPU than it saves.
             compression=None,
             ping_interval=20,
             ping_timeout=20,
-            server_header="sensor-collector",
+            server_header=SERVER_HEADER,
         )
         log.info("listening on %s:%d%s, storing in %s", self.config.host, self.port,
                  "" if tls is None else " (TLS" + (", client certificates required)"
@@ -105,6 +122,7 @@ class Collector:
         """Stop accepting, close connections, commit what was handed over, close storage."""
         if self._server is not None:
             self._server.close(close_connections=True)
+            self._front.abort_all()  # a download in progress would hold the close up
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 3)
             except TimeoutError:
