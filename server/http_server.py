@@ -21,8 +21,11 @@ One request per connection (`Connection: close`), as before.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import http
 import logging
+import struct
+import termios
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from concurrent.futures import Executor
@@ -201,6 +204,8 @@ class HTTPExchange(asyncio.Protocol):
         self._writable.set()
         self._lost = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else None
 
     def start(self) -> None:
         self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
@@ -246,20 +251,15 @@ class HTTPExchange(asyncio.Protocol):
                 self._write_head(response.status_code, response.headers)
                 if request_method(self._request) != "HEAD":
                     self._transport.write(response.body)
+            self._transport.close()  # once what is queued has gone to the kernel
+            await self._progressing(lambda: asyncio.shield(self._lost))
         except ClientStalled:
             log.info("dropped %s: it read nothing of its answer for %g s",
                      address, self._front.timeout)
             self._transport.abort()
-            return
         except Exception as e:
             # Cut short: the chunked body's missing end tells the client it is incomplete.
             log.error("answer to %s for %s failed: %s", address, self._request.path[:100], e)
-            self._transport.abort()
-            return
-        self._transport.close()  # after what is queued is sent
-        try:
-            await asyncio.wait_for(asyncio.shield(self._lost), self._front.timeout)
-        except TimeoutError:
             self._transport.abort()
 
     def _write_head(self, status: int, headers: Headers) -> None:
@@ -292,13 +292,32 @@ class HTTPExchange(asyncio.Protocol):
 
     async def _drain(self) -> None:
         """Wait while the client is behind; give up on it only when it reads nothing."""
-        while not self._writable.is_set():
-            unsent = self._transport.get_write_buffer_size()
+        if not self._writable.is_set():
+            await self._progressing(self._writable.wait)
+
+    async def _progressing(self, waiting: Callable[[], Awaitable[Any]]) -> None:
+        """Await ``waiting()`` as long as the client keeps taking bytes; ClientStalled
+        once it has taken none for the front's timeout."""
+        while True:
+            unsent = self._unsent()
             try:
-                await asyncio.wait_for(self._writable.wait(), self._front.timeout)
+                await asyncio.wait_for(waiting(), self._front.timeout)
+                return
             except TimeoutError:
-                if self._transport.get_write_buffer_size() >= unsent:
+                if self._unsent() >= unsent:
                     raise ClientStalled from None
+
+    def _unsent(self) -> int:
+        """Bytes the client has not acknowledged: ours, and (on Linux) the kernel's
+        send queue, which can hold megabytes and drain for seconds before ours moves."""
+        unsent = self._transport.get_write_buffer_size()
+        if self._fd is not None and hasattr(termios, "TIOCOUTQ"):
+            try:
+                queued = fcntl.ioctl(self._fd, termios.TIOCOUTQ, b"\0\0\0\0")
+                unsent += struct.unpack("i", queued)[0]
+            except OSError:  # closed meanwhile, or not a TCP socket
+                pass
+        return unsent
 
 
 async def chunks_from_thread(produce: Callable[[], Iterator[bytes]],
