@@ -27,6 +27,7 @@ import logging
 import struct
 import termios
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from concurrent.futures import Executor
 from contextlib import aclosing, closing
@@ -46,6 +47,12 @@ log = logging.getLogger("sensor_edge.collector.http")
 WRITE_HIGH_WATER = 256 * 1024
 # Chunks a producer thread may have ready ahead of the client.
 CHUNKS_AHEAD = 4
+# A producer thread's pause after each chunk. A thread that only computes keeps
+# the GIL up to the switch interval (5 ms) each time the event loop wakes up,
+# and an ack takes several wake-ups; pausing hands the GIL over at once.
+# Measured (bench/bench_http.py): ack p99 40 ms instead of 220-300 ms while a
+# million readings stream, at about the same download rate.
+PAUSE_BETWEEN_CHUNKS = 0.0005
 
 
 @dataclass
@@ -349,6 +356,7 @@ async def chunks_from_thread(produce: Callable[[], Iterator[bytes]],
                     if stop.is_set():
                         return
                     hand(chunk)
+                    time.sleep(PAUSE_BETWEEN_CHUNKS)
             hand(done)
         except Exception as e:
             hand(e)
