@@ -7,7 +7,7 @@ import functools
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -59,7 +59,7 @@ class Collector:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(function, *args))
 
-    def stream(self, produce: Callable[[], Iterator[bytes]]) -> AsyncIterator[bytes]:
+    def stream(self, produce: Callable[[], Iterator[bytes]]) -> AsyncGenerator[bytes, None]:
         """The chunks of a blocking storage read and its encoding, made on a reader thread."""
         return chunks_from_thread(produce, self._readers)
 

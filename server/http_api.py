@@ -18,8 +18,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing, closing
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import closing
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -242,14 +242,28 @@ async def readings(collector: Collector, query: ReadingQuery,
         headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
     else:
         headers = answer_headers("application/json")
-    return StreamedResponse(200, headers, _then(first, chunks))
+    return StreamedResponse(200, headers, Prepended(first, chunks))
 
 
-async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async with aclosing(rest):
-        yield first
-        async for chunk in rest:
-            yield chunk
+class Prepended:
+    """``first``, then the chunks of ``rest``; closing it closes ``rest``, read or not
+    (a HEAD request reads none, and the producer thread must still stop)."""
+
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None]):
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> Prepended:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
 
 
 def json_chunks(storage: Storage, query: ReadingQuery) -> Iterator[bytes]:

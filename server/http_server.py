@@ -28,7 +28,8 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, \
+    Iterator
 from concurrent.futures import Executor
 from contextlib import aclosing, closing
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class StreamedResponse:
 
     status_code: int
     headers: Headers
+    # With an aclose(), called once sent or as soon as the client is gone.
     chunks: AsyncIterator[bytes]
 
 
@@ -79,6 +81,8 @@ class HTTPFront:
         # reading any of its answer, before it is dropped.
         self.timeout = timeout
         self.server_header = server_header
+        # Connections still sending their request head, and answers under way.
+        self.arriving: set[SortingConnection] = set()
         self.exchanges: set[HTTPExchange] = set()
 
     def connection(self, *args: Any, **kwargs: Any) -> SortingConnection:
@@ -86,6 +90,9 @@ class HTTPFront:
         return SortingConnection(self, *args, **kwargs)
 
     def abort_all(self) -> None:
+        """At shutdown: websockets closes its own connections, these are ours."""
+        for connection in list(self.arriving):
+            connection.abort()
         for exchange in list(self.exchanges):
             exchange.abort()
 
@@ -110,9 +117,13 @@ class SortingConnection(ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._socket = transport  # type: ignore[assignment]
-        self._head_timer = asyncio.get_running_loop().call_later(
-            self._front.timeout, transport.abort)  # type: ignore[attr-defined]
+        self._head_timer = asyncio.get_running_loop().call_later(self._front.timeout,
+                                                                 self.abort)
+        self._front.arriving.add(self)
         next(self._parser)  # it now waits for the first line
+
+    def abort(self) -> None:
+        self._socket.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._websocket:
@@ -140,6 +151,7 @@ class SortingConnection(ServerConnection):
             self._refuse(400, str(e))
             return
         self._head_timer.cancel()
+        self._front.arriving.discard(self)
         transport, raw = self._socket, bytes(self._raw)
         self._raw = None
         if path in self._front.websocket_paths:
@@ -153,6 +165,7 @@ class SortingConnection(ServerConnection):
 
     def _refuse(self, status: int, detail: str) -> None:
         self._head_timer.cancel()
+        self._front.arriving.discard(self)
         self._raw = None
         body = (detail + "\n").encode()
         headers = Headers([("Content-Type", "text/plain; charset=utf-8"),
@@ -174,6 +187,7 @@ class SortingConnection(ServerConnection):
             super().connection_lost(exc)
         elif self._head_timer is not None:
             self._head_timer.cancel()
+            self._front.arriving.discard(self)
 
     def pause_writing(self) -> None:
         if self._websocket:
@@ -328,7 +342,7 @@ class HTTPExchange(asyncio.Protocol):
 
 
 async def chunks_from_thread(produce: Callable[[], Iterator[bytes]],
-                             executor: Executor) -> AsyncIterator[bytes]:
+                             executor: Executor) -> AsyncGenerator[bytes, None]:
     """The chunks of the blocking generator ``produce()``, run on ``executor``.
 
     The generator runs wholly on one worker thread (a SQLite connection belongs
