@@ -30,7 +30,7 @@ from websockets.http11 import Request, Response
 
 from . import dashboard
 from .export import csv_lines
-from .http_server import StreamedResponse, request_method, request_path
+from .http_server import StreamedResponse, request_path
 from .live import LIVE_PATH, same_origin
 from .protocol import STREAM_PATH
 from .storage import READING_COLUMNS, ReadingQuery, Storage, iter_newest
@@ -200,7 +200,7 @@ async def _answer(collector: Collector, request: Request,
                   address: str) -> Response | StreamedResponse:
     url = urlsplit(request.path)  # readable: the front checked it (request_path)
     path = url.path
-    if request_method(request) not in ("GET", "HEAD"):
+    if request.method not in ("GET", "HEAD"):
         response = respond_json(405, {"error": "method_not_allowed", "detail": "only GET"})
         response.headers["Allow"] = "GET, HEAD"
         return response

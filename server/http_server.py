@@ -92,7 +92,7 @@ class HTTPFront:
     def abort_all(self) -> None:
         """At shutdown: websockets closes its own connections, these are ours."""
         for connection in list(self.arriving):
-            connection.abort()
+            connection.drop_unsorted()
         for exchange in list(self.exchanges):
             exchange.abort()
 
@@ -118,11 +118,12 @@ class SortingConnection(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._socket = transport  # type: ignore[assignment]
         self._head_timer = asyncio.get_running_loop().call_later(self._front.timeout,
-                                                                 self.abort)
+                                                                 self.drop_unsorted)
         self._front.arriving.add(self)
         next(self._parser)  # it now waits for the first line
 
-    def abort(self) -> None:
+    def drop_unsorted(self) -> None:
+        """Cut a connection whose request head has not come (a name websockets lacks)."""
         self._socket.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -206,10 +207,6 @@ def request_path(request: Request) -> str:
         raise ValueError(f"not a valid request target: {request.path[:100]!r}") from None
 
 
-def request_method(request: Request) -> str:
-    return getattr(request, "method", "GET")  # websockets < 17 parses GET requests only
-
-
 class ClientStalled(Exception):
     """The client read nothing of its answer for the front's timeout."""
 
@@ -270,7 +267,7 @@ class HTTPExchange(asyncio.Protocol):
                 await self._stream(response)
             else:
                 self._write_head(response.status_code, response.headers)
-                if request_method(self._request) != "HEAD":
+                if self._request.method != "HEAD":
                     self._transport.write(response.body)
             self._transport.close()  # once what is queued has gone to the kernel
             await self._progressing(lambda: asyncio.shield(self._lost))
@@ -290,12 +287,12 @@ class HTTPExchange(asyncio.Protocol):
 
     async def _stream(self, response: StreamedResponse) -> None:
         # HTTP/1.0 has no chunked coding: its body ends where the connection does.
-        chunked = self._request_protocol() != "HTTP/1.0"
+        chunked = self._request.protocol != "HTTP/1.0"
         if chunked:
             response.headers["Transfer-Encoding"] = "chunked"
         self._write_head(response.status_code, response.headers)
         async with aclosing(response.chunks) as chunks:
-            if request_method(self._request) == "HEAD":
+            if self._request.method == "HEAD":
                 return
             async for chunk in chunks:
                 if not chunk:
@@ -307,9 +304,6 @@ class HTTPExchange(asyncio.Protocol):
                 await self._drain()
         if chunked:
             self._transport.write(b"0\r\n\r\n")
-
-    def _request_protocol(self) -> str:
-        return getattr(self._request, "protocol", "HTTP/1.1")  # websockets < 17: 1.1 only
 
     async def _drain(self) -> None:
         """Wait while the client is behind; give up on it only when it reads nothing."""
