@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from . import READING_COLUMNS, Batch, ReadingQuery
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery
 
 SCHEMA_VERSION = 1
 SCHEMA = """

@@ -28,15 +28,15 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from . import dashboard
-from .export import csv_lines
-from .http_server import StreamedResponse, request_path
-from .live import LIVE_PATH, same_origin
-from .protocol import STREAM_PATH
-from .storage import READING_COLUMNS, ReadingQuery, Storage, iter_newest
+from sensor_edge.server.web import dashboard
+from sensor_edge.server.commands.export import csv_lines
+from sensor_edge.server.web.http_server import StreamedResponse, request_path
+from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
+from sensor_edge.contract.protocol import STREAM_PATH
+from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, Storage, iter_newest
 
 if TYPE_CHECKING:
-    from .collector import Collector
+    from sensor_edge.server.collector import Collector
 
 log = logging.getLogger("sensor_edge.collector.http")
 
