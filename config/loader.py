@@ -41,6 +41,9 @@ from sensor_edge.config.sensor_types import SENSOR_TYPES, SensorType, Setting
 
 # Agent and sensor names end up in URLs, MQTT topics and metric labels.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A DNS name as a browser puts it in `Host` (listen.allowed_hosts).
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 ALERTS_PIP_HINT = "pip install 'sensor-edge[alerts]'"
@@ -269,13 +272,15 @@ def _url(value: _Value) -> str:
 def load_collector_config(path: str) -> CollectorConfig:
     """Read and check a collector config file."""
     root = _read_root(path)
-    host, port, tls = "0.0.0.0", CollectorConfig.port, None
+    host, port, tls, allowed_hosts = "0.0.0.0", CollectorConfig.port, None, ()
     listen = root.get("listen")
     if listen is not None:
         section = listen.section()
         host = section.take("host", _Value.string, host)
         port = section.take("port", lambda v: v.integer(0, 65535), port)
         tls = section.take("tls", _server_tls, None)
+        allowed_hosts = section.take(
+            "allowed_hosts", lambda v: tuple(_host_name(item) for item in v.items()), ())
         section.finish()
 
     storage = root.take("storage", _Value.string, CollectorConfig.storage)
@@ -356,7 +361,7 @@ def load_collector_config(path: str) -> CollectorConfig:
     return CollectorConfig(
         source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits,
         tls=tls, stale_after=stale_after, retention_days=retention_days, api_token=api_token,
-        mqtt=mqtt, alerts=alerts,
+        mqtt=mqtt, alerts=alerts, allowed_hosts=allowed_hosts,
     )
 
 
@@ -372,6 +377,13 @@ def _check_home_assistant_ids(id_values: list[tuple[str, _Value]]) -> None:
                 f"agent id {agent_id!r} and {other!r} (line {other_value.line}) would be one "
                 f"device in Home Assistant ('{node}': it allows no '.'); rename one")
         first[node] = (agent_id, value)
+
+
+def _host_name(value: _Value) -> str:
+    name = value.string()
+    if not _HOST_NAME.fullmatch(name):
+        raise value.error(f"{name!r} is not a host name (like collector.lan, without port)")
+    return name.lower().rstrip(".")
 
 
 def _server_tls(value: _Value) -> ServerTLS:

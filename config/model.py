@@ -94,6 +94,8 @@ class CollectorConfig:
     source: str
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
+    # Host names the HTTP side answers to besides IP literals, localhost and this machine's own.
+    allowed_hosts: tuple[str, ...] = ()
     storage: str = DEFAULT_COLLECTOR_STORAGE
     agents: tuple[AgentCredential, ...] = ()
     limits: Limits = field(default_factory=Limits)

@@ -7,7 +7,7 @@ import functools
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,6 +20,8 @@ from sensor_edge.server.ingest.agents import AgentRegistry
 from sensor_edge.server.outputs.alerts import Alerts
 from sensor_edge.server.ingest.batcher import Batcher
 from sensor_edge.server.ingest.connection import serve_agent
+from sensor_edge.server.hosts import AllowedHosts, own_names
+from sensor_edge.server.web.http_server import HTTPFront, chunks_from_thread
 from sensor_edge.server.ingest.limits import FailedLogins
 from sensor_edge.server.outputs.live import LiveFeed
 from sensor_edge.server.outputs.metrics import CollectorMetrics
@@ -29,6 +31,7 @@ from sensor_edge.server.storage import Batch, Storage, open_storage, safe_url
 
 log = logging.getLogger("sensor_edge.collector")
 T = TypeVar("T")
+SERVER_HEADER = "sensor-collector"
 
 
 class Collector:
@@ -43,6 +46,9 @@ class Collector:
         self.mqtt: MQTTBridge | None = None
         self.alerts = Alerts(config.alerts, config.stale_after, self.metrics.registry)
         self._server: Server | None = None
+        self._front: HTTPFront | None = None
+        # The Host names the HTTP side answers to (set at start: finding our own may ask DNS).
+        self.hosts = AllowedHosts(config.allowed_hosts)
         # WebSocket connections being served (agents and browsers), for limits.max_connections.
         self.open_connections = 0
         self.failed_logins = FailedLogins(config.limits.bad_token_max_delay)
@@ -55,8 +61,14 @@ class Collector:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(function, *args))
 
+    def stream(self, produce: Callable[[], Iterator[bytes]]) -> AsyncGenerator[bytes, None]:
+        """The chunks of a blocking storage read and its encoding, made on a reader thread."""
+        return chunks_from_thread(produce, self._readers)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        names = await loop.run_in_executor(None, own_names)
+        self.hosts = AllowedHosts([*names, *self.config.allowed_hosts])
         if self.config.mqtt is not None:  # first: a missing client library stops us here
             self.mqtt = MQTTBridge(self.config.mqtt, self.metrics, self.config.source,
                                    [a.id for a in self.config.agents])
@@ -78,6 +90,9 @@ class Collector:
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
         _raise_open_file_limit(self.config.limits.max_connections)
+        self._front = HTTPFront(http_api.WEBSOCKET_PATHS, functools.partial(http_api.answer, self),
+                                timeout=self.config.limits.handshake_timeout,
+                                server_header=SERVER_HEADER)
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -85,13 +100,15 @@ class Collector:
             ssl=tls,
             # Covers the TLS handshake too: a client that connects and stalls is dropped.
             open_timeout=self.config.limits.handshake_timeout,
-            process_request=functools.partial(http_api.route, self),
+            # Every connection is sorted first: plain HTTP to the front, WebSocket paths on.
+            create_connection=self._front.connection,
+            process_request=functools.partial(http_api.admit, self),
             max_size=self.config.limits.max_frame_bytes,
             # Readings are small JSON; compressing them costs more CPU than it saves.
             compression=None,
             ping_interval=20,
             ping_timeout=20,
-            server_header="sensor-collector",
+            server_header=SERVER_HEADER,
         )
         log.info("listening on %s:%d%s, storing in %s", self.config.host, self.port,
                  "" if tls is None else " (TLS" + (", client certificates required)"
@@ -108,6 +125,7 @@ class Collector:
         """Stop accepting, close connections, commit what was handed over, close storage."""
         if self._server is not None:
             self._server.close(close_connections=True)
+            self._front.abort_all()  # a download in progress would hold the close up
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 3)
             except TimeoutError:

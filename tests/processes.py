@@ -279,3 +279,46 @@ FAST_SENSORS = [
     {"name": "motion", "type": "motion", "pin": 17},
     {"name": "soc", "type": "cpu_temperature", "interval": 0.05},
 ]
+
+
+def fill_sqlite(path: str, count: int, agent: str = "pi-1", epoch: str = "filled",
+                t0: float = 1_700_000_000.0, step: float = 0.01) -> None:
+    """`count` readings written straight into a collector's SQLite file (seq 1..count,
+    ts t0 + seq * step), far faster than any agent could send them."""
+    from sensor_edge.server.storage.sqlite import SQLiteStorage
+
+    SQLiteStorage(path).close()  # the schema
+    with sqlite3.connect(path, timeout=10) as db:
+        db.executemany(
+            "INSERT INTO readings (agent, epoch, seq, sensor, metric, value, unit, ts) "
+            "VALUES (?, ?, ?, 'climate', 'temperature', ?, 'C', ?)",
+            ((agent, epoch, seq, 20 + seq % 100 / 10, t0 + seq * step)
+             for seq in range(1, count + 1)))
+        db.execute("INSERT INTO epochs VALUES (?, ?, ?)", (agent, epoch, count))
+
+
+def http_request(path: str, headers: list[tuple[str, str]], method: str = "GET",
+                 version: str = "HTTP/1.1", body: bytes = b"") -> bytes:
+    """A request's bytes, headers exactly as given (duplicates and all)."""
+    lines = [f"{method} {path} {version}", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 15) -> tuple[int, dict, bytes]:
+    """Send raw request bytes; read until the collector closes (or, after a 101, the head).
+    Returns status, headers (names lowercased, last copy wins) and the raw body."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if data.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in data:
+                break  # a WebSocket now: the answer was the head
+    assert data.startswith(b"HTTP/1.1 "), f"no HTTP answer, got {data[:100]!r}"
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), headers, body

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import pytest
 from processes import wait_until
 
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, iter_newest
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 
 T0 = 1_700_000_000.0
@@ -67,10 +67,11 @@ def test_iterator_pages_through_ties_in_order_and_filters(stored):
         query = ReadingQuery(agent="pi-1", since=T0 + 10, until=T0 + 20.5)
         want = [r for r in rows if r[0] == "pi-1" and T0 + 10 <= r[7] <= T0 + 20.5]
         assert list(storage.iter_readings(query, chunk=5)) == want
-        # The same rows the API's query gives, in the same shape.
-        api = storage.readings(ReadingQuery(agent="pi-1", since=T0 + 10, until=T0 + 20.5,
-                                            limit=10_000))
-        assert sorted(tuple(r[c] for c in READING_COLUMNS) for r in api) == sorted(want)
+        # The API's query (the newest `limit`) pages the same way: its window is exact.
+        api = iter_newest(storage, ReadingQuery(agent="pi-1", since=T0 + 10, until=T0 + 20.5,
+                                                limit=10_000))
+        assert list(api) == want
+        assert list(iter_newest(storage, ReadingQuery(limit=23), chunk=4)) == rows[-23:]
     finally:
         storage.close()
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from conftest import BOTH_BACKENDS, POSTGRES_ONLY
 from sensor_edge.runtime.service import StartupError
-from sensor_edge.server.storage import Batch, ReadingQuery, open_storage
+from sensor_edge.server.storage import Batch, ReadingQuery, iter_newest, open_storage
 
 NOW = 1_700_000_000.0
 
@@ -68,13 +68,10 @@ def test_one_group_counts_each_batch_and_a_key_twice_only_once(storage):
 def test_queries_filter_order_and_keep_the_newest(storage):
     storage.store([Batch("a", "e", rows(1, 10, "t", "temperature")),
                    Batch("b", "e", rows(1, 10, "h", "humidity", ts0=NOW + 0.5))], NOW)
-    everything = storage.readings(ReadingQuery(limit=100))
+    everything = list(iter_newest(storage, ReadingQuery(limit=100)))
     assert len(everything) == 20
-    assert [r["ts"] for r in everything] == sorted(r["ts"] for r in everything)
-    assert set(everything[0]) == {"agent", "epoch", "seq", "sensor", "metric", "value", "unit",
-                                  "ts"}
-    assert everything[0] == {"agent": "a", "epoch": "e", "seq": 1, "sensor": "t",
-                             "metric": "temperature", "value": 0.1, "unit": "u", "ts": NOW}
+    assert [r[7] for r in everything] == sorted(r[7] for r in everything)
+    assert everything[0] == ("a", "e", 1, "t", "temperature", 0.1, "u", NOW)
     by = {
         "agent": ReadingQuery(agent="b", limit=100),
         "sensor": ReadingQuery(sensor="t", limit=100),
@@ -84,7 +81,7 @@ def test_queries_filter_order_and_keep_the_newest(storage):
         "all": ReadingQuery(agent="a", sensor="t", metric="temperature", since=NOW + 2,
                             until=NOW + 4, limit=100),
     }
-    found = {name: [(r["agent"], r["seq"]) for r in storage.readings(q)] for name, q in by.items()}
+    found = {name: [(r[0], r[2]) for r in iter_newest(storage, q)] for name, q in by.items()}
     assert found["agent"] == [("b", s) for s in range(1, 11)]
     assert found["sensor"] == [("a", s) for s in range(1, 11)]
     assert found["metric"] == found["agent"]
@@ -92,9 +89,23 @@ def test_queries_filter_order_and_keep_the_newest(storage):
     assert found["until"] == [("a", 1), ("b", 1), ("a", 2)]  # ts <= until, inclusive
     assert found["all"] == [("a", 3), ("a", 4), ("a", 5)]
     # limit keeps the newest, still handed back oldest first.
-    newest = storage.readings(ReadingQuery(agent="a", limit=3))
-    assert [r["seq"] for r in newest] == [8, 9, 10]
-    assert storage.readings(ReadingQuery(agent="nobody")) == []
+    newest = list(iter_newest(storage, ReadingQuery(agent="a", limit=3)))
+    assert [r[2] for r in newest] == [8, 9, 10]
+    assert list(iter_newest(storage, ReadingQuery(agent="nobody"))) == []
+
+
+@BOTH_BACKENDS
+def test_the_newest_window_cuts_through_readings_that_share_a_time(storage):
+    # Five agents, each with readings at the same ten times: 50 readings, 5 per ts.
+    storage.store([Batch(agent, "e", rows(1, 10)) for agent in "edcba"], NOW)
+    everything = list(storage.iter_readings(ReadingQuery()))
+    for limit in (1, 3, 5, 7, 12, 49, 50, 51, 1000):
+        # Exactly the last `limit` in (ts, agent, epoch, seq) order, page size aside.
+        assert list(iter_newest(storage, ReadingQuery(limit=limit), chunk=4)) \
+            == everything[-limit:], limit
+    assert storage.newest_window(ReadingQuery(limit=7)) == (NOW + 8, 10)
+    assert storage.newest_window(ReadingQuery(limit=50)) == (NOW, 50)
+    assert storage.newest_window(ReadingQuery(limit=51)) is None
 
 
 @BOTH_BACKENDS

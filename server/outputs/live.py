@@ -24,6 +24,7 @@ from sensor_edge.server.storage import READING_COLUMNS, Batch
 
 if TYPE_CHECKING:
     from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.hosts import AllowedHosts
     from sensor_edge.server.outputs.metrics import CollectorMetrics
 
 log = logging.getLogger("sensor_edge.collector.live")
@@ -35,18 +36,24 @@ AGENTS_EVERY = 2.0
 MAX_UNSENT_BYTES = 4 * 1024 * 1024
 
 
-def same_origin(origin: str | None, host: str | None) -> bool:
+def same_origin(origin: str | None, host: str | None, ours: AllowedHosts) -> bool:
     """May a handshake with this `Origin` use the feed of the server at `Host`?
 
     No Origin: not a browser (curl, a script), which could forge one anyway.
-    A browser always sends it, and it must name this very host and port.
+    A browser always sends it, and it must name this very host and port. Both
+    are the attacker's choice after a DNS rebinding, so agreeing is not enough:
+    the name they agree on must be one of this collector's.
     """
     if origin is None:
         return True
     if not host:
         return False
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # "http://[": not an origin at all
+        return False
+    return (parts.scheme in ("http", "https") and ours.allows(parts.netloc)
+            and parts.netloc.lower() == host.strip().lower())
 
 
 class LiveFeed:

@@ -7,8 +7,10 @@ off the event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -52,8 +54,11 @@ class Storage(Protocol):
     def acked(self, agent: str, epoch: str) -> int:
         """The highest seq stored for this agent and epoch (0 if none)."""
 
-    def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
-        """The newest `limit` readings that match, ordered by ts ascending."""
+    def newest_window(self, query: ReadingQuery) -> tuple[float, int] | None:
+        """Where the newest ``query.limit`` matching readings begin, for :func:`iter_newest`:
+        the ts of the oldest of them, and how many matching readings have a ts at
+        least that (more than ``limit`` when others share that ts). None when no
+        more than ``limit`` readings match."""
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent that ever stored a reading: id, last_seen, readings."""
@@ -93,6 +98,25 @@ class Storage(Protocol):
         rows of each proposal's name and ``unique_id`` holder (a lost race: the winner's)."""
 
     def close(self) -> None: ...
+
+
+def iter_newest(storage: Storage, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
+    """The newest ``query.limit`` readings that match, oldest first.
+
+    Tuples in :meth:`Storage.iter_readings` order, read page by page like it, so
+    memory stays flat however large the limit.
+    """
+    window = storage.newest_window(query)
+    if window is None:
+        rows, skip, stop = storage.iter_readings(query, chunk), 0, None
+    else:
+        start, matching = window
+        rows = storage.iter_readings(replace(query, since=start), chunk)
+        # Readings that share the window's first ts come in key order: the first
+        # of them are the oldest, those past `limit` stay out.
+        skip, stop = matching - query.limit, matching
+    with closing(rows):
+        yield from islice(rows, skip, stop)
 
 
 def safe_url(url: str) -> str:

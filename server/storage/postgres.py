@@ -23,7 +23,7 @@ from typing import Any
 from sensor_edge.runtime.service import StartupError
 from sensor_edge.server.storage import (READING_COLUMNS, Batch, ReadingQuery, alert_state,
                                         ha_entity_ids, safe_url)
-from sensor_edge.server.storage.sqlite import _filters
+from sensor_edge.server.storage.sqlite import _filters, _newest_window
 
 log = logging.getLogger("sensor_edge.collector.storage")
 
@@ -278,14 +278,9 @@ class PostgresStorage:
                              (agent, epoch)).fetchone()
         return row[0] if row else 0
 
-    def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
-        where, args = _filters(query, "%s")
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        # The newest `limit`, handed back oldest first.
-        sql += " ORDER BY ts DESC, seq DESC LIMIT %s"
+    def newest_window(self, query: ReadingQuery) -> tuple[float, int] | None:
         with self._pool.connection() as db:
-            rows = db.execute(sql, (*args, query.limit)).fetchall()
-        return [dict(zip(READING_COLUMNS, row)) for row in reversed(rows)]
+            return _newest_window(db.execute, query, "%s")
 
     def iter_readings(self, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
         # A server-side cursor streams `chunk` rows a fetch from one snapshot;

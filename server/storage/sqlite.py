@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from sensor_edge.server.storage import (READING_COLUMNS, Batch, ReadingQuery, alert_state,
@@ -133,15 +134,8 @@ class SQLiteStorage:
         ).fetchone()
         return row[0] if row else 0
 
-    def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
-        where, args = _filters(query)
-        sql = _SELECT
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        # The newest `limit`, handed back oldest first.
-        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
-        rows = self._connection().execute(sql, (*args, query.limit)).fetchall()
-        return [dict(zip(READING_COLUMNS, row)) for row in reversed(rows)]
+    def newest_window(self, query: ReadingQuery) -> tuple[float, int] | None:
+        return _newest_window(self._connection().execute, query)
 
     def iter_readings(self, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
         where, args = _filters(query)
@@ -225,6 +219,24 @@ class SQLiteStorage:
 
 
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+
+
+def _newest_window(execute: Callable[..., Any], query: ReadingQuery,
+                   mark: str = "?") -> tuple[float, int] | None:
+    """:meth:`Storage.newest_window` with a driver's ``execute`` (sqlite3's or psycopg's)."""
+    where, args = _filters(query, mark)
+    # ORDER BY ts alone walks the ts index; the full key would sort every match.
+    found = execute(f"SELECT ts FROM readings{_where(where)} ORDER BY ts DESC "
+                    f"LIMIT 1 OFFSET {mark}", (*args, query.limit - 1)).fetchone()
+    if found is None:
+        return None
+    where, args = _filters(replace(query, since=found[0]), mark)
+    (matching,) = execute(f"SELECT count(*) FROM readings{_where(where)}", args).fetchone()
+    return found[0], matching
+
+
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 
 def _filters(query: ReadingQuery, mark: str = "?") -> tuple[list[str], list[Any]]:

@@ -1,18 +1,26 @@
 """HTTP on the collector's port: health, metrics, the read API and the page.
 
-websockets hands every request to :func:`route` before any upgrade; it
-answers plain HTTP requests itself and lets `/v1/stream` through to the
-WebSocket handler once the bearer token names an agent.
+server/http_server.py sorts the port's requests: :func:`answer` answers
+every plain HTTP request (the readings endpoints stream, encoded on a reader
+thread), and :func:`admit` is websockets' `process_request` for the two
+WebSocket paths: `/v1/stream` goes through once its bearer token names an
+agent, `/v1/live` once the browser is on this collector's own page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
+import http
 import json
+import logging
 import math
 import time
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import closing
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -21,19 +29,28 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from sensor_edge.server.web import dashboard
-from sensor_edge.server.commands.export import counted_in, readings_csv
+from sensor_edge.server.commands.export import counted_in, csv_lines
+from sensor_edge.server.web.http_server import StreamedResponse, request_path
 from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
 from sensor_edge.contract.protocol import STREAM_PATH
-from sensor_edge.server.storage import ReadingQuery
+from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, Storage, iter_newest
 
 if TYPE_CHECKING:
     from sensor_edge.server.collector import Collector
 
+log = logging.getLogger("sensor_edge.collector.http")
+
+WEBSOCKET_PATHS = (STREAM_PATH, LIVE_PATH)
+# Scraped by machines, often by name, and holding no readings: no Host check
+# (docs/security.md). Everything else answers only to this collector's names.
+ANY_HOST_PATHS = ("/healthz", "/metrics")
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 1_000_000
 # Browsers cannot put an Authorization header on a WebSocket handshake: with
 # `api.token` set, the dashboard keeps the token in this (same-site) cookie.
 API_TOKEN_COOKIE = "sensor_edge_api_token"
+# Readings encoded per json.dumps call: a few milliseconds of the GIL at most.
+ENCODE_ROWS = 500
 
 
 class BadRequest(Exception):
@@ -43,20 +60,38 @@ class BadRequest(Exception):
 def respond(status: int, body: bytes | str, content_type: str) -> Response:
     if isinstance(body, str):
         body = body.encode()
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-              404: "Not Found",
-              405: "Method Not Allowed", 503: "Service Unavailable"}.get(status, "")
-    headers = Headers([
-        ("Content-Type", content_type),
-        ("Content-Length", str(len(body))),
-        ("Cache-Control", "no-store"),
-        ("Connection", "close"),
-    ])
-    return Response(status, reason, headers, body)
+    headers = answer_headers(content_type)
+    headers["Content-Length"] = str(len(body))
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def answer_headers(content_type: str) -> Headers:
+    return Headers([("Content-Type", content_type), ("Cache-Control", "no-store"),
+                    ("Connection", "close")])
 
 
 def respond_json(status: int, value: Any) -> Response:
     return respond(status, json.dumps(value, separators=(",", ":")), "application/json")
+
+
+def one_header(request: Request, name: str) -> str | None:
+    """A header that may appear once: a second copy is a bad request, not a guess."""
+    values = request.headers.get_all(name)
+    if len(values) > 1:
+        raise BadRequest(f"more than one {name} header")
+    return values[0] if values else None
+
+
+def wrong_host(collector: Collector, request: Request) -> Response | None:
+    """A 421 unless `Host` is one of this collector's names (DNS rebinding, docs/security.md)."""
+    host = one_header(request, "Host")
+    if host is None:
+        raise BadRequest("a Host header is required")
+    if collector.hosts.allows(host):
+        return None
+    return respond_json(421, {"error": "unknown_host", "detail": (
+        f"this collector does not answer to the name {host[:100]!r}; "
+        "its operator can add it to listen.allowed_hosts")})
 
 
 def agent_for_token(collector: Collector, authorization: str | None) -> str | None:
@@ -79,11 +114,11 @@ def agent_for_token(collector: Collector, authorization: str | None) -> str | No
 
 def api_token_ok(collector: Collector, request: Request) -> bool:
     """With `api.token` set: does the request carry it (header, or the dashboard's cookie)?"""
+    authorization = one_header(request, "Authorization")  # two of them: 400, token or not
     expected = collector.config.api_token
     if expected is None:
         return True
     offered = ""
-    authorization = request.headers.get("Authorization")
     if authorization and authorization.startswith("Bearer "):
         offered = authorization[len("Bearer "):].strip()
     else:
@@ -95,10 +130,9 @@ def api_token_ok(collector: Collector, request: Request) -> bool:
     return hmac.compare_digest(offered.encode(), expected.encode())
 
 
-async def unauthorized(collector: Collector, connection: ServerConnection) -> Response:
+async def unauthorized(collector: Collector, address: str) -> Response:
     """A 401, after a delay that grows with the bad tokens this address has sent."""
     collector.metrics.auth_failures.inc()
-    address = connection.remote_address[0] if connection.remote_address else "?"
     delay = collector.failed_logins.failed(address, time.monotonic())
     if delay > 0:
         # Under half the handshake timeout, so the client still gets its answer.
@@ -120,56 +154,142 @@ def too_many_connections(collector: Collector) -> Response | None:
     return response
 
 
-async def route(collector: Collector, connection: ServerConnection,
+async def admit(collector: Collector, connection: ServerConnection,
                 request: Request) -> Response | None:
-    url = urlsplit(request.path)
-    path = url.path
-    if path == STREAM_PATH:
-        agent_id = agent_for_token(collector, request.headers.get("Authorization"))
-        if agent_id is None:
-            return await unauthorized(collector, connection)
+    """websockets' `process_request` for the WebSocket paths: None lets the upgrade on."""
+    address = connection.remote_address[0] if connection.remote_address else "?"
+    try:
+        if request_path(request) == STREAM_PATH:
+            # Agents prove who they are with their token: any Host will do.
+            agent_id = agent_for_token(collector, one_header(request, "Authorization"))
+            if agent_id is None:
+                return await unauthorized(collector, address)
+            refused = too_many_connections(collector)
+            if refused is not None:
+                return refused
+            connection.agent_id = agent_id  # type: ignore[attr-defined]
+            return None
+        refused = wrong_host(collector, request)
+        if refused is not None:
+            return refused
+        if not api_token_ok(collector, request):
+            return await unauthorized(collector, address)
         refused = too_many_connections(collector)
         if refused is not None:
             return refused
-        connection.agent_id = agent_id  # type: ignore[attr-defined]
-        return None
-    if (path.startswith("/api/") or path == LIVE_PATH) and not api_token_ok(collector, request):
-        return await unauthorized(collector, connection)
-    if path == LIVE_PATH:
-        refused = too_many_connections(collector)
-        if refused is not None:
-            return refused
-        if not same_origin(request.headers.get("Origin"), request.headers.get("Host")):
+        if not same_origin(one_header(request, "Origin"), one_header(request, "Host"),
+                           collector.hosts):
             return respond_json(403, {"error": "forbidden",
                                       "detail": "the live feed is for this collector's own page"})
         connection.live = True  # type: ignore[attr-defined]
         return None
-    try:
-        if path == "/healthz":
-            return respond_json(200, {"status": "ok"})
-        if path == "/metrics":
-            return respond(200, collector.metrics.render(), collector.metrics.content_type)
-        if path == "/api/agents":
-            return respond_json(200, {"agents": collector.agents.as_json()})
-        if path == "/api/alerts":
-            return respond_json(200, {"alerts": collector.alerts.as_json()})
-        if path == "/api/readings":
-            query = reading_query(parse_qs(url.query, keep_blank_values=False))
-            rows = await collector.read(collector.storage.readings, query)
-            return respond_json(200, {"readings": rows})
-        if path == "/api/readings.csv":
-            query = reading_query(parse_qs(url.query, keep_blank_values=False))
-            rows = await collector.read(collector.storage.readings, query)
-            csv_text = readings_csv(rows, counted_in(collector.metrics.escaped_names))
-            response = respond(200, csv_text, "text/csv; charset=utf-8")
-            response.headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
-            return response
-        asset = dashboard.asset(path)
-        if asset is not None:
-            return respond(200, *asset)
     except BadRequest as e:
         return respond_json(400, {"error": "bad_request", "detail": str(e)})
-    return respond_json(404, {"error": "not_found", "detail": f"no such endpoint: {path}"})
+
+
+async def answer(collector: Collector, request: Request,
+                 address: str) -> Response | StreamedResponse:
+    """The answer to a plain HTTP request (any path but the WebSocket ones)."""
+    try:
+        return await _answer(collector, request, address)
+    except BadRequest as e:
+        return respond_json(400, {"error": "bad_request", "detail": str(e)})
+
+
+async def _answer(collector: Collector, request: Request,
+                  address: str) -> Response | StreamedResponse:
+    url = urlsplit(request.path)  # readable: the front checked it (request_path)
+    path = url.path
+    if request.method not in ("GET", "HEAD"):
+        response = respond_json(405, {"error": "method_not_allowed", "detail": "only GET"})
+        response.headers["Allow"] = "GET, HEAD"
+        return response
+    if path not in ANY_HOST_PATHS:
+        refused = wrong_host(collector, request)
+        if refused is not None:
+            return refused
+    if path == "/healthz":
+        return respond_json(200, {"status": "ok"})
+    if path == "/metrics":
+        return respond(200, collector.metrics.render(), collector.metrics.content_type)
+    if path.startswith("/api/") and not api_token_ok(collector, request):
+        return await unauthorized(collector, address)
+    if path == "/api/agents":
+        return respond_json(200, {"agents": collector.agents.as_json()})
+    if path == "/api/alerts":
+        return respond_json(200, {"alerts": collector.alerts.as_json()})
+    if path in ("/api/readings", "/api/readings.csv"):
+        query = reading_query(parse_qs(url.query, keep_blank_values=False))
+        return await readings(collector, query, as_csv=path.endswith(".csv"))
+    asset = dashboard.asset(path)
+    if asset is not None:
+        return respond(200, *asset)
+    return respond_json(404, {"error": "not_found", "detail": f"no such endpoint: {path[:100]}"})
+
+
+async def readings(collector: Collector, query: ReadingQuery,
+                   as_csv: bool) -> Response | StreamedResponse:
+    """`/api/readings` or `.csv`: read and encoded on a reader thread, sent as it comes."""
+    if as_csv:
+        produce = functools.partial(csv_chunks, collector.storage, query,
+                                    counted_in(collector.metrics.escaped_names))
+    else:
+        produce = functools.partial(json_chunks, collector.storage, query)
+    chunks = collector.stream(produce)
+    try:
+        # The first chunk comes after the first query: a storage failure can still be a 503.
+        first = await anext(chunks)
+    except Exception as e:
+        log.warning("cannot read readings for the API: %s", e)
+        return respond_json(503, {"error": "storage_unavailable",
+                                  "detail": "the readings cannot be read right now"})
+    if as_csv:
+        headers = answer_headers("text/csv; charset=utf-8")
+        headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
+    else:
+        headers = answer_headers("application/json")
+    return StreamedResponse(200, headers, Prepended(first, chunks))
+
+
+class Prepended:
+    """``first``, then the chunks of ``rest``; closing it closes ``rest``, read or not
+    (a HEAD request reads none, and the producer thread must still stop)."""
+
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None]):
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> Prepended:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        await self._rest.aclose()
+
+
+def json_chunks(storage: Storage, query: ReadingQuery) -> Iterator[bytes]:
+    """`{"readings": [...]}`, a few hundred readings a chunk (runs on a reader thread)."""
+    with closing(iter_newest(storage, query)) as rows:
+        opening, separator = b'{"readings":[', b""
+        while page := list(islice(rows, ENCODE_ROWS)):
+            text = json.dumps([dict(zip(READING_COLUMNS, row)) for row in page],
+                              separators=(",", ":"))
+            yield opening + separator + text[1:-1].encode()
+            opening, separator = b"", b","
+        yield opening + b"]}"
+
+
+def csv_chunks(storage: Storage, query: ReadingQuery,
+               neutralised: Callable[[str], None]) -> Iterator[bytes]:
+    """The readings as CSV, in export's format, formula cells neutralised (on a reader thread)."""
+    with closing(iter_newest(storage, query)) as rows:
+        for text in csv_lines(rows, neutralised):
+            yield text.encode()
 
 
 def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
@@ -177,6 +297,13 @@ def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
     def one(name: str) -> str | None:
         values = params.get(name)
         return values[-1] if values else None
+
+    def name(key: str) -> str | None:
+        value = one(key)
+        # Stored names are printable text (protocol.py); a NUL would also upset PostgreSQL.
+        if value is not None and not value.isprintable():
+            raise BadRequest(f"{key} must be printable text")
+        return value
 
     def seconds(name: str) -> float | None:
         raw = one(name)
@@ -193,8 +320,10 @@ def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
     limit_raw = one("limit")
     limit = DEFAULT_LIMIT
     if limit_raw is not None:
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+        # ASCII digits only: "²" passes isdigit() but not int().
+        if not (limit_raw.isascii() and limit_raw.isdigit()) \
+                or len(limit_raw) > len(str(MAX_LIMIT)) or not 1 <= int(limit_raw) <= MAX_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
         limit = int(limit_raw)
-    return ReadingQuery(agent=one("agent"), sensor=one("sensor"), metric=one("metric"),
+    return ReadingQuery(agent=name("agent"), sensor=name("sensor"), metric=name("metric"),
                         since=seconds("since"), until=seconds("until"), limit=limit)
