@@ -218,3 +218,28 @@ def test_postgres_errors_are_one_line_without_the_password(storage_backend, tmp_
     assert "pip install 'sensor-edge[postgres]'" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
         done.stderr
+
+
+def test_a_full_disk_is_the_error_raised_and_the_next_commit_works(tmp_path):
+    """SQLite rolls a transaction back by itself on SQLITE_FULL; the error that
+    surfaces (and is logged) must be "disk is full", not a failed ROLLBACK."""
+    import sqlite3
+
+    from sensor_edge.server.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(str(tmp_path / "full.db"))
+    try:
+        storage.store([Batch("a", "e", rows(1, 10))], NOW)
+        # The writer's own connection (this thread's): cap its file a few pages on.
+        db = storage._connection()
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages + 5}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            storage.store([Batch("a", "e", rows(11, 20_000, sensor="s" * 100))], NOW)
+        assert seqs(storage, "a") == list(range(1, 11))  # the batch went whole or not at all
+        assert storage.acked("a", "e") == 10
+        db.execute("PRAGMA max_page_count = 1073741823")  # space again
+        assert storage.store([Batch("a", "e", rows(11, 20))], NOW) == [10]
+        assert storage.acked("a", "e") == 20
+    finally:
+        storage.close()

@@ -101,7 +101,7 @@ class SQLiteStorage:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
         return added
 
@@ -150,7 +150,7 @@ class SQLiteStorage:
                 "(SELECT rowid FROM readings WHERE ts < ? LIMIT ?)", (cutoff, limit)).rowcount
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
         return deleted
 
@@ -168,6 +168,16 @@ class SQLiteStorage:
                 db.close()
             except sqlite3.Error:
                 pass
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Roll back a failed transaction, if SQLite has not already.
+
+    On SQLITE_FULL, SQLITE_IOERR and a few others SQLite rolls back by itself;
+    a ROLLBACK then would raise "no transaction is active" and hide the real error.
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
