@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,13 +60,13 @@ class AgentRegistry:
         return state
 
     def status_received(self, agent_id: str, fields: dict[str, Any], now: float) -> None:
-        """A `status` message: keep it, count it as a sign of life, refresh the clock offset."""
+        """A `status` message's checked fields (protocol.Status): keep them, count them
+        as a sign of life, refresh the clock offset."""
         state = self.get(agent_id)
         state.status = fields
         state.last_seen = now
-        agent_time = fields.get("time")
-        if isinstance(agent_time, (int, float)) and not isinstance(agent_time, bool) \
-                and math.isfinite(agent_time):
+        agent_time = fields.get("time")  # checked by the protocol: a finite float
+        if agent_time is not None:
             state.clock_offset = now - agent_time
 
     def is_stale(self, state: AgentState, now: float) -> bool:

@@ -42,6 +42,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                        loop.time())
     peer = _peer(ws)
     registered = False
+    warned_status = False
     future: asyncio.Future[int] | None = None  # the last batch handed to the batcher
     try:
         async for frame in ws:
@@ -91,6 +92,12 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                     log.warning("agent %s: its clock is %.1f s off the collector's", agent_id,
                                 -offset)
             elif isinstance(message, Status):
+                if message.dropped:
+                    collector.metrics.status_fields_dropped.inc(len(message.dropped))
+                    if not warned_status:  # once per connection: an agent sends one every 10 s
+                        warned_status = True
+                        log.warning("agent %s: status fields of the wrong type or out of range "
+                                    "ignored: %s", agent_id, ", ".join(message.dropped[:10]))
                 collector.agents.status_received(agent_id, message.fields, time.time())
             elif isinstance(message, Bye):
                 # Ack what is in flight, then close normally.

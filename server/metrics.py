@@ -8,10 +8,9 @@ with nothing to clean up.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -56,6 +55,9 @@ class CollectorMetrics:
             "sensor_edge_agents_connected", "Agent connections open now", registry=r)
         self.live_clients = Gauge(
             "sensor_edge_live_clients", "Browsers connected to /v1/live now", registry=r)
+        self.status_fields_dropped = Counter(
+            "sensor_edge_status_fields_dropped",
+            "Agent status fields ignored for a wrong type or a value out of range", registry=r)
         self.protocol_errors = Counter(
             "sensor_edge_protocol_errors", "Connections closed for bad input, by error code",
             ["code"], registry=r)
@@ -140,29 +142,20 @@ class AgentsCollector:
                 seen.add_metric(labels, state.last_seen)
             if state.clock_offset is not None:
                 offset.add_metric(labels, state.clock_offset)
+            # The protocol checked every field kept (protocol.STATUS_FIELDS): numbers
+            # are finite floats or counts that fit a float, names printable text.
             status = state.status or {}
-            # A status is the agent's word: export only the numbers that are numbers.
             for family, key in ((backlog, "buffer_depth"), (oldest, "buffer_oldest_age"),
                                 (dropped, "dropped"), (uptime, "uptime")):
-                value = _number(status.get(key))
+                value = status.get(key)
                 if value is not None:
-                    family.add_metric(labels, value)
-            sensors = status.get("sensors")
-            if isinstance(sensors, dict):
-                for name, counts in sorted(sensors.items()):
-                    if not isinstance(counts, dict):
-                        continue
-                    for family, key in ((reads, "good"), (failures, "failed"),
-                                        (failing, "consecutive_failures")):
-                        value = _number(counts.get(key))
-                        if value is not None:
-                            family.add_metric([state.id, str(name)], value)
+                    family.add_metric(labels, float(value))
+            for name, counts in sorted(status.get("sensors", {}).items()):
+                for family, key in ((reads, "good"), (failures, "failed"),
+                                    (failing, "consecutive_failures")):
+                    value = counts.get(key)
+                    if value is not None:
+                        family.add_metric([state.id, name], float(value))
         yield from (up, stale, seen, offset, backlog, oldest, dropped, uptime, reads, failures,
                     failing)
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
