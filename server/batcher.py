@@ -14,8 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from .storage import Batch, Storage
+
+if TYPE_CHECKING:
+    from .metrics import CollectorMetrics
 
 log = logging.getLogger("sensor_edge.collector.batcher")
 
@@ -25,10 +29,15 @@ MAX_GROUP_ROWS = 50_000
 
 class Batcher:
     def __init__(self, storage: Storage, executor: ThreadPoolExecutor,
-                 on_commit: Callable[[list[Batch], list[int], float], None] | None = None):
+                 on_commit: Callable[[list[Batch], list[int], float], None] | None = None,
+                 metrics: CollectorMetrics | None = None):
         self._storage = storage
         self._executor = executor
+        # Told of every commit (counters, the live feed, MQTT): it runs on the event
+        # loop between the commit and the acks, so a failure in it is contained here.
         self._on_commit = on_commit
+        self._metrics = metrics
+        self._on_commit_failures = 0
         self._queue: asyncio.Queue[tuple[Batch, asyncio.Future[int]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -41,6 +50,10 @@ class Batcher:
         Futures resolve in submission order, so a connection can ack in order.
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # A failed commit is logged once, here; its waiters may be gone (their
+        # connection closed), and each of their futures would otherwise log a
+        # "Future exception was never retrieved" traceback of its own.
+        future.add_done_callback(_consider_retrieved)
         self._queue.put_nowait((batch, future))
         return future
 
@@ -89,7 +102,27 @@ class Batcher:
                         future.set_exception(e)
                 continue
             if self._on_commit is not None:
-                self._on_commit(batches, added, time.monotonic() - started)
+                self._committed(batches, added, time.monotonic() - started)
             for (_, future), count in zip(group, added):
                 if not future.done():
                     future.set_result(count)
+
+    def _committed(self, batches: list[Batch], added: list[int], seconds: float) -> None:
+        """Call on_commit; if it raises, the acks still go out (the rows are stored)."""
+        try:
+            self._on_commit(batches, added, seconds)
+        except Exception:
+            self._on_commit_failures += 1
+            if self._metrics is not None:
+                self._metrics.commit_hook_failures.inc()
+            # Whole the first time; then a line now and then (it would repeat every commit).
+            if self._on_commit_failures == 1:
+                log.exception("after a commit: a counter, the live feed or an output failed; "
+                              "acks go on")
+            elif self._on_commit_failures % 1000 == 0:
+                log.error("after a commit: failed %d times so far", self._on_commit_failures)
+
+
+def _consider_retrieved(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()

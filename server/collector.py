@@ -67,7 +67,8 @@ class Collector:
         self.live.start()
         if self.mqtt is not None:
             self.mqtt.start(self.agents)
-        self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
+        self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed,
+                               metrics=self.metrics)
         self.batcher.start()
         if self.config.retention_days is not None:
             self.retention = Retention(self.storage, self._writer, self.config.retention_days,

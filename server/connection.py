@@ -127,7 +127,14 @@ async def _send_acks(collector: Collector, ws: ServerConnection,
             await future
         except Exception:
             # The commit failed (logged by the batcher): no ack; the agent will resend.
+            # Make room first: the reader may be waiting to hand over one more batch,
+            # and would wait forever (its agent shown connected, a stop held up).
+            while not pending.empty():
+                pending.get_nowait()
             await ws.close(1011, "storage failure")
+            # It may hand over a few more before it sees the close: take them unacked.
+            while await pending.get() is not None:
+                pass
             return
         try:
             await ws.send(protocol.encode(Ack(seq)))

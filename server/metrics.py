@@ -48,6 +48,10 @@ class CollectorMetrics:
         self.batches = Counter("sensor_edge_batches", "Readings batches received", registry=r)
         self.acks = Counter("sensor_edge_acks", "Acks sent", registry=r)
         self.commits = Counter("sensor_edge_commits", "Storage transactions", registry=r)
+        self.commit_hook_failures = Counter(
+            "sensor_edge_commit_hook_failures",
+            "Commits after which updating counters, the live feed or an output failed "
+            "(acks still went out)", registry=r)
         self.commit_seconds = Histogram(
             "sensor_edge_commit_seconds", "Time to commit one group of batches", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
