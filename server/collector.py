@@ -19,7 +19,7 @@ from . import http_api
 from .agents import AgentRegistry
 from .batcher import Batcher
 from .connection import serve_agent
-from .limits import FailedLogins
+from .limits import ConnectionBudget, FailedLogins
 from .live import LiveFeed
 from .metrics import CollectorMetrics
 from .mqtt import MQTTBridge
@@ -41,8 +41,12 @@ class Collector:
         self.retention: Retention | None = None
         self.mqtt: MQTTBridge | None = None
         self._server: Server | None = None
-        # WebSocket connections being served (agents and browsers), for limits.max_connections.
-        self.open_connections = 0
+        limits = config.limits
+        # WebSocket connections held, agents and browsers apart (limits.max_connections,
+        # max_connections_per_agent, max_live_connections).
+        self.connections = ConnectionBudget(limits.max_connections,
+                                            limits.max_connections_per_agent,
+                                            limits.max_live_connections)
         self.failed_logins = FailedLogins(config.limits.bad_token_max_delay)
         # SQLite wants its writer on one thread; readers get a small pool of their own.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
@@ -75,7 +79,8 @@ class Collector:
                                        on_deleted=self.metrics.readings_expired.inc)
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
-        _raise_open_file_limit(self.config.limits.max_connections)
+        _raise_open_file_limit(self.config.limits.max_connections
+                               + self.config.limits.max_live_connections)
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -123,14 +128,25 @@ class Collector:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        self.open_connections += 1
-        try:
-            await self._serve(ws)
-        finally:
-            self.open_connections -= 1
+    def admit_agent(self, ws: ServerConnection, agent_id: str) -> str | None:
+        """Count an agent's handshake until its connection ends; None, or the limit
+        it would pass (then it is refused, and not counted)."""
+        refused = self.connections.take_agent(agent_id)
+        if refused is None:
+            # Every connection ends here, whether or not its handler ever ran.
+            ws.connection_lost_waiter.add_done_callback(
+                lambda _: self.connections.release_agent(agent_id))
+        return refused
 
-    async def _serve(self, ws: ServerConnection) -> None:
+    def admit_live(self, ws: ServerConnection) -> str | None:
+        """The same for a browser's handshake on /v1/live, in the browsers' budget."""
+        refused = self.connections.take_live()
+        if refused is None:
+            ws.connection_lost_waiter.add_done_callback(
+                lambda _: self.connections.release_live())
+        return refused
+
+    async def _handle(self, ws: ServerConnection) -> None:
         if getattr(ws, "live", False):  # a browser on /v1/live
             await self.live.serve(ws)
             return
@@ -169,5 +185,6 @@ def _raise_open_file_limit(connections: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         soft = wanted
     if soft != resource.RLIM_INFINITY and soft < connections + 64:
-        log.warning("limits.max_connections is %d but this process may open only %d files; "
-                    "raise its limit (LimitNOFILE= in the systemd unit)", connections, soft)
+        log.warning("limits.max_connections and max_live_connections add up to %d but this "
+                    "process may open only %d files; raise its limit (LimitNOFILE= in the "
+                    "systemd unit)", connections, soft)

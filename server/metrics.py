@@ -59,6 +59,9 @@ class CollectorMetrics:
             "sensor_edge_agents_connected", "Agent connections open now", registry=r)
         self.live_clients = Gauge(
             "sensor_edge_live_clients", "Browsers connected to /v1/live now", registry=r)
+        self.live_clients_dropped = Counter(
+            "sensor_edge_live_clients_dropped",
+            "Browsers dropped from /v1/live for falling too far behind", registry=r)
         self.status_fields_dropped = Counter(
             "sensor_edge_status_fields_dropped",
             "Agent status fields ignored for a wrong type or a value out of range", registry=r)
@@ -69,8 +72,9 @@ class CollectorMetrics:
             "sensor_edge_auth_failures", "Handshakes refused for a missing or unknown token",
             registry=r)
         self.connections_refused = Counter(
-            "sensor_edge_connections_refused", "Handshakes refused at limits.max_connections",
-            registry=r)
+            "sensor_edge_connections_refused",
+            "WebSocket handshakes refused with 503, by the limit they would have passed",
+            ["limit"], registry=r)
         self.rate_limited_seconds = Counter(
             "sensor_edge_rate_limited_seconds",
             "Time agent connections were paused for limits.max_readings_per_second", registry=r)
