@@ -22,6 +22,9 @@ class AgentState:
     # collector clock minus agent clock at hello, when the agent sent its clock
     clock_offset: float | None = None
     status: dict[str, Any] | None = None
+    # Live sessions per epoch: more than one is two machines on one buffer, or a
+    # connection that died without the collector noticing yet.
+    sessions: dict[str, int] = field(default_factory=dict)
     # (sensor, metric) -> (value, unit, ts)
     latest: dict[tuple[str, str], tuple[float, str, float]] = field(default_factory=dict)
 
@@ -50,6 +53,7 @@ class AgentRegistry:
     def connected(self, hello: Hello, now: float) -> AgentState:
         state = self.get(hello.agent)
         state.connections += 1
+        state.sessions[hello.epoch] = state.sessions.get(hello.epoch, 0) + 1
         state.last_seen = now
         state.epoch = hello.epoch
         state.version = hello.version
@@ -73,9 +77,15 @@ class AgentRegistry:
         """Silent (no hello, status or stored reading) for longer than `stale_after`."""
         return state.last_seen is None or now - state.last_seen > self.stale_after
 
-    def disconnected(self, agent_id: str) -> None:
+    def disconnected(self, agent_id: str, epoch: str | None = None) -> None:
         state = self.get(agent_id)
         state.connections = max(0, state.connections - 1)
+        if epoch is not None:
+            left = state.sessions.get(epoch, 0) - 1
+            if left > 0:
+                state.sessions[epoch] = left
+            else:
+                state.sessions.pop(epoch, None)
         if state.connections == 0 and self.on_presence is not None:
             self.on_presence(state, False)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .protocol import Reading
 from .storage import Batch, Storage
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class Batcher:
         self._on_commit = on_commit
         self._metrics = metrics
         self._on_commit_failures = 0
+        # (agent, epoch) -> batches seen resending readings with other values.
+        self._conflicts: dict[tuple[str, str], int] = {}
         self._queue: asyncio.Queue[tuple[Batch, asyncio.Future[int]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -84,8 +87,8 @@ class Batcher:
             batches = [batch for batch, _ in group]
             started = time.monotonic()
             try:
-                added = await loop.run_in_executor(
-                    self._executor, self._storage.store, batches, time.time())
+                added, conflicts = await loop.run_in_executor(
+                    self._executor, self._store, batches, time.time())
             except Exception as e:  # a full disk, a locked database: fail these, keep serving
                 log.error("commit of %d readings failed: %s", rows, e)
                 # Everything queued behind them fails too: stored after an earlier batch
@@ -101,11 +104,44 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            for batch, found in conflicts:
+                self._conflicting(batch, found)
             if self._on_commit is not None:
                 self._committed(batches, added, time.monotonic() - started)
             for (_, future), count in zip(group, added):
                 if not future.done():
                     future.set_result(count)
+
+    def _store(self, batches: list[Batch], now: float
+               ) -> tuple[list[int], list[tuple[Batch, list[tuple[Reading, Reading]]]]]:
+        """On the writer thread: the commit, then, for a batch that had duplicates
+        only (the hot path pays nothing), whether they were the readings stored."""
+        added = self._storage.store(batches, now)
+        conflicts = []
+        for batch, count in zip(batches, added):
+            if count < len(batch.rows):
+                try:
+                    found = self._storage.differing_duplicates(batch)
+                except Exception as e:  # the commit stands; only this check is lost
+                    log.warning("could not compare resent readings with the stored ones: %s", e)
+                    continue
+                if found:
+                    conflicts.append((batch, found))
+        return added, conflicts
+
+    def _conflicting(self, batch: Batch, found: list[tuple[Reading, Reading]]) -> None:
+        """Count and log readings resent under a stored seq with other values."""
+        if self._metrics is not None:
+            self._metrics.readings_conflicting.inc(len(found))
+        key = (batch.agent, batch.epoch)
+        seen = self._conflicts[key] = self._conflicts.get(key, 0) + 1
+        if seen == 1 or seen % 100 == 0:  # two machines on one buffer keep at it
+            stored, received = found[0]
+            log.warning("agent %s epoch %s: %d readings resent with values that differ from "
+                        "the stored ones, which are kept (seq %d: stored %s, received %s)%s; "
+                        "two machines sending with one buffer (a cloned SD card)?",
+                        batch.agent, batch.epoch, len(found), stored[0], _describe(stored),
+                        _describe(received), "" if seen == 1 else f"; {seen} such batches so far")
 
     def _committed(self, batches: list[Batch], added: list[int], seconds: float) -> None:
         """Call on_commit; if it raises, the acks still go out (the rows are stored)."""
@@ -121,6 +157,11 @@ class Batcher:
                               "acks go on")
             elif self._on_commit_failures % 1000 == 0:
                 log.error("after a commit: failed %d times so far", self._on_commit_failures)
+
+
+def _describe(row: Reading) -> str:
+    _seq, sensor, metric, value, unit, ts = row
+    return f"{sensor} {metric} {value!r} {unit} ts {ts!r}"
 
 
 def _consider_retrieved(future: asyncio.Future[int]) -> None:

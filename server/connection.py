@@ -88,6 +88,13 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                 log.info("agent %s connected from %s (epoch %s, version %s, resumes after "
                          "seq %d%s)", agent_id, peer, message.epoch, message.version or "?",
                          acked, "" if offset is None else f", clock offset {offset:+.3f} s")
+                if state.sessions[message.epoch] > 1:
+                    log.warning("agent %s: a second session opened on epoch %s while another "
+                                "is live: either that connection is dead and not yet noticed, "
+                                "or two machines send with one buffer (a cloned SD card); "
+                                "resent readings that differ from the stored ones are counted "
+                                "(sensor_edge_readings_conflicting_total)", agent_id,
+                                message.epoch)
                 if offset is not None and abs(offset) > 2.0:
                     log.warning("agent %s: its clock is %.1f s off the collector's", agent_id,
                                 -offset)
@@ -112,7 +119,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
             # Let batches already handed over finish committing; their acks may not arrive.
             acker.cancel()
         if registered:
-            collector.agents.disconnected(agent_id)
+            collector.agents.disconnected(agent_id, session.epoch)
             log.info("agent %s disconnected (%s)", agent_id, peer)
 
 

@@ -43,6 +43,10 @@ class CollectorMetrics:
         self.readings_duplicate = Counter(
             "sensor_edge_readings_duplicate", "Readings received again and not stored twice",
             registry=r)
+        self.readings_conflicting = Counter(
+            "sensor_edge_readings_conflicting",
+            "Duplicates whose values differ from the stored reading (the stored one is kept)",
+            registry=r)
         self.readings_expired = Counter(
             "sensor_edge_readings_expired", "Readings deleted by retention", registry=r)
         self.batches = Counter("sensor_edge_batches", "Readings batches received", registry=r)

@@ -64,6 +64,18 @@ def test_one_group_counts_each_batch_and_a_key_twice_only_once(storage):
 
 
 @BOTH_BACKENDS
+def test_resent_readings_with_other_values_are_told_apart_from_plain_resends(storage):
+    storage.store([Batch("a", "e", rows(1, 5))], NOW)
+    resent = rows(3, 7)
+    resent[1] = (4, "s", "m", 99.0, "u", resent[1][5])  # seq 4: another machine's value
+    assert storage.store([Batch("a", "e", resent)], NOW) == [2]
+    assert storage.differing_duplicates(Batch("a", "e", resent)) == [
+        (rows(4, 4)[0], resent[1])]
+    assert storage.differing_duplicates(Batch("a", "e", rows(1, 7))) == []
+    assert storage.differing_duplicates(Batch("a", "other", resent)) == []
+
+
+@BOTH_BACKENDS
 def test_queries_filter_order_and_keep_the_newest(storage):
     storage.store([Batch("a", "e", rows(1, 10, "t", "temperature")),
                    Batch("b", "e", rows(1, 10, "h", "humidity", ts0=NOW + 0.5))], NOW)

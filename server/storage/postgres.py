@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...config.service import StartupError
-from . import READING_COLUMNS, Batch, ReadingQuery, safe_url
-from .sqlite import _filters
+from ..protocol import Reading
+from . import READING_COLUMNS, Batch, ReadingQuery, differing, safe_url
+from .sqlite import _STORED_ROWS, _filters
 
 log = logging.getLogger("sensor_edge.collector.storage")
 
@@ -247,6 +248,12 @@ class PostgresStorage:
             for i, count in cur.execute(_ADDED_PER_BATCH):
                 added[i] = count
         return added
+
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        with self._pool.connection() as db:
+            stored = db.execute(_STORED_ROWS.replace("?", "%s"), (
+                batch.agent, batch.epoch, batch.rows[0][0], batch.rows[-1][0])).fetchall()
+        return differing(batch.rows, stored)
 
     def acked(self, agent: str, epoch: str) -> int:
         with self._pool.connection() as db:

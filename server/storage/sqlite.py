@@ -8,7 +8,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from . import READING_COLUMNS, Batch, ReadingQuery
+from ..protocol import Reading
+from . import READING_COLUMNS, Batch, ReadingQuery, differing
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -105,6 +106,12 @@ class SQLiteStorage:
             raise
         return added
 
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        stored = self._connection().execute(
+            _STORED_ROWS, (batch.agent, batch.epoch, batch.rows[0][0], batch.rows[-1][0])
+        ).fetchall()
+        return differing(batch.rows, stored)
+
     def acked(self, agent: str, epoch: str) -> int:
         row = self._connection().execute(
             "SELECT acked FROM epochs WHERE agent = ? AND epoch = ?", (agent, epoch)
@@ -181,6 +188,9 @@ def _roll_back(db: sqlite3.Connection) -> None:
 
 
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+# The rows of one agent epoch's seq range, shaped like a batch's (protocol.Reading).
+_STORED_ROWS = ("SELECT seq, sensor, metric, value, unit, ts FROM readings "
+                "WHERE agent = ? AND epoch = ? AND seq BETWEEN ? AND ?")
 
 
 def _filters(query: ReadingQuery, mark: str = "?") -> tuple[list[str], list[Any]]:
