@@ -127,8 +127,8 @@ def test_iter_readings_pages_through_everything_oldest_first(storage):
 
 @BOTH_BACKENDS
 def test_old_readings_go_in_small_deletes_and_the_acked_seq_stays(storage):
-    storage.store([Batch("a", "e", rows(1, 10, ts0=NOW - 1000)),
-                   Batch("a", "e", rows(11, 15, ts0=NOW - 10))], NOW)
+    storage.store([Batch("a", "e", rows(1, 10, ts0=NOW - 1000))], NOW - 1000)
+    storage.store([Batch("a", "e", rows(11, 15, ts0=NOW - 10))], NOW - 10)
     cutoff = NOW - 500
     assert storage.delete_older_than(cutoff, 4) == 4
     assert storage.delete_older_than(cutoff, 4) == 4
@@ -137,6 +137,26 @@ def test_old_readings_go_in_small_deletes_and_the_acked_seq_stays(storage):
     assert seqs(storage, "a") == list(range(11, 16))
     # An agent coming back is not asked to resend what expired.
     assert storage.acked("a", "e") == 15
+
+
+@BOTH_BACKENDS
+def test_retention_never_deletes_what_was_received_recently_whatever_its_ts(storage):
+    cutoff = NOW - 500
+    # A Pi before its clock was set: read "in 1970", received just now.
+    storage.store([Batch("a", "unsynced", rows(1, 5, ts0=100.0))], NOW)
+    # An agent's long backlog: read long ago, received just now.
+    storage.store([Batch("a", "backlog", rows(1, 5, ts0=NOW - 90_000))], NOW - 1)
+    # Received long ago, but stamped later by a clock running ahead: kept until its
+    # ts is past too (a reading goes when both its times are older than the cutoff).
+    storage.store([Batch("a", "ahead", rows(1, 5, ts0=NOW + 5000))], NOW - 1000)
+    storage.store([Batch("a", "old", rows(1, 5, ts0=NOW - 1000))], NOW - 1000)
+    assert storage.delete_older_than(cutoff, 100) == 5
+    assert seqs(storage, "a", "old") == []
+    for epoch in ("unsynced", "backlog", "ahead"):
+        assert seqs(storage, "a", epoch) == [1, 2, 3, 4, 5], epoch
+    # Once received long enough ago, the 1970 readings go too.
+    assert storage.delete_older_than(NOW + 1, 100) == 10
+    assert seqs(storage, "a", "unsynced") == [] and seqs(storage, "a", "backlog") == []
 
 
 @BOTH_BACKENDS
@@ -204,6 +224,49 @@ def test_postgres_schema_is_versioned(storage_url):
         db.execute("INSERT INTO schema_migrations (version, description) VALUES (999, 'x')")
     with pytest.raises(StartupError, match="version 999, newer"):
         open_storage(storage_url)
+
+
+@POSTGRES_ONLY
+def test_a_postgres_database_from_before_received_times_is_migrated(storage_url):
+    """Version 1 rows have no received time: they expire by ts alone, as before."""
+    import psycopg
+    from sensor_edge.server.storage import postgres
+
+    with psycopg.connect(storage_url, autocommit=True) as db, db.transaction():
+        db.execute(postgres.MIGRATIONS_TABLE)
+        version, description, statements = postgres.MIGRATIONS[0]
+        for statement in statements:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                   (version, description))
+        db.execute("INSERT INTO readings VALUES ('a', 'e', 1, 's', 'm', 1, 'u', %s), "
+                   "('a', 'e', 2, 's', 'm', 1, 'u', %s)", (NOW - 1000, NOW))
+    storage = open_storage(storage_url)
+    try:
+        storage.store([Batch("a", "e", rows(3, 4, ts0=100.0))], NOW)  # 1970, received now
+        assert storage.delete_older_than(NOW - 500, 100) == 1
+        assert seqs(storage, "a") == [2, 3, 4]
+    finally:
+        storage.close()
+
+
+@POSTGRES_ONLY
+def test_postgres_sessions_commit_synchronously_whatever_the_server_default(storage_url):
+    """An ack promises the batch is on disk: `synchronous_commit = off` on the server
+    (or the database) must not apply to the collector's sessions."""
+    import psycopg
+
+    name = storage_url.rsplit("/", 1)[1]
+    with psycopg.connect(storage_url, autocommit=True) as db:
+        db.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # set for new ones
+    storage = open_storage(storage_url)
+    try:
+        storage.store([Batch("a", "e", rows(1, 2))], NOW)
+        with storage._pool.connection() as db:  # a session the storage writes with
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    finally:
+        storage.close()
 
 
 @POSTGRES_ONLY

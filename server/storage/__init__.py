@@ -80,8 +80,10 @@ class Storage(Protocol):
         """
 
     def delete_older_than(self, cutoff: float, limit: int) -> int:
-        """Delete up to ``limit`` readings with ``ts < cutoff`` in one short
-        transaction; return how many were deleted (fewer than ``limit``: done).
+        """Delete up to ``limit`` readings read (``ts``) and received before
+        ``cutoff`` in one short transaction; return how many were deleted (fewer
+        than ``limit``: done). Rows stored before received times were kept go by
+        ``ts`` alone.
 
         Called from the writer thread between commits; the per-epoch acked seq
         is kept, so an agent is never asked to resend an expired reading.

@@ -11,7 +11,8 @@ from typing import Any
 from ..protocol import Reading
 from . import READING_COLUMNS, Batch, ReadingQuery, differing
 
-SCHEMA_VERSION = 1
+# 2: readings.received (retention keys on it too), added to a version 1 file on open.
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
@@ -22,6 +23,8 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     unit TEXT NOT NULL,
     ts REAL NOT NULL,
+    -- when the collector stored it (its own clock); NULL in rows from version 1
+    received REAL,
     PRIMARY KEY (agent, epoch, seq)
 );
 CREATE INDEX IF NOT EXISTS readings_by_time ON readings (ts);
@@ -42,8 +45,9 @@ CREATE TABLE IF NOT EXISTS agents (
 """
 
 _INSERT = (
-    "INSERT OR IGNORE INTO readings (agent, epoch, seq, sensor, metric, value, unit, ts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO readings "
+    "(agent, epoch, seq, sensor, metric, value, unit, ts, received) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -58,6 +62,9 @@ class SQLiteStorage:
         db = self._connection()
         with db:
             db.executescript(SCHEMA)
+            columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
+            if "received" not in columns:  # a version 1 file
+                db.execute("ALTER TABLE readings ADD COLUMN received REAL")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _connection(self) -> sqlite3.Connection:
@@ -83,7 +90,7 @@ class SQLiteStorage:
             for batch in batches:
                 before = db.total_changes
                 agent, epoch = batch.agent, batch.epoch
-                db.executemany(_INSERT, [(agent, epoch, *row) for row in batch.rows])
+                db.executemany(_INSERT, [(agent, epoch, *row, now) for row in batch.rows])
                 count = db.total_changes - before
                 added.append(count)
                 per_agent[agent] = per_agent.get(agent, 0) + count
@@ -153,8 +160,8 @@ class SQLiteStorage:
         db.execute("BEGIN IMMEDIATE")
         try:
             deleted = db.execute(
-                "DELETE FROM readings WHERE rowid IN "
-                "(SELECT rowid FROM readings WHERE ts < ? LIMIT ?)", (cutoff, limit)).rowcount
+                "DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings "
+                f"WHERE {EXPIRED} LIMIT ?)", (cutoff, cutoff, limit)).rowcount
             db.execute("COMMIT")
         except BaseException:
             _roll_back(db)
@@ -188,6 +195,11 @@ def _roll_back(db: sqlite3.Connection) -> None:
 
 
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+# What retention deletes: read and received before the cutoff. The ts index
+# finds them; a reading stamped near 1970 by a Pi before time sync waits until
+# it was received long enough ago. Rows from before `received` go by ts alone.
+# (PostgreSQL's driver writes each ? as %s.)
+EXPIRED = "ts < ? AND (received < ? OR received IS NULL)"
 # The rows of one agent epoch's seq range, shaped like a batch's (protocol.Reading).
 _STORED_ROWS = ("SELECT seq, sensor, metric, value, unit, ts FROM readings "
                 "WHERE agent = ? AND epoch = ? AND seq BETWEEN ? AND ?")
