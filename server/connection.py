@@ -134,20 +134,28 @@ async def _send_acks(collector: Collector, ws: ServerConnection,
             await future
         except Exception:
             # The commit failed (logged by the batcher): no ack; the agent will resend.
-            # Make room first: the reader may be waiting to hand over one more batch,
-            # and would wait forever (its agent shown connected, a stop held up).
-            while not pending.empty():
-                pending.get_nowait()
+            # Whatever the reader hands over from now on is taken unacked, so it never
+            # waits on a full queue for an acker that is gone (its agent would look
+            # connected, a stop would wait for it): what is queued at once, then the
+            # rest until the reader is done (None, after a bye) or cancels us.
+            done = _discard_queued(pending)
             await ws.close(1011, "storage failure")
-            # It may hand over a few more before it sees the close: take them unacked.
-            while await pending.get() is not None:
-                pass
+            while not done:
+                done = await pending.get() is None
             return
         try:
             await ws.send(protocol.encode(Ack(seq)))
         except ConnectionClosed:
             return
         collector.metrics.acks.inc()
+
+
+def _discard_queued(pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> bool:
+    """Empty the queue without waiting; whether it held the reader's end (None)."""
+    ended = False
+    while not pending.empty():
+        ended = pending.get_nowait() is None or ended
+    return ended
 
 
 def _failed(future: asyncio.Future[int] | None) -> bool:

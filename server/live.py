@@ -33,7 +33,8 @@ LIVE_PATH = "/v1/live"
 AGENTS_EVERY = 2.0
 # The most a browser may have waiting unsent on the collector: a message that
 # would take it past this is not queued; the browser is dropped instead (it
-# reconnects and reloads its history).
+# reconnects and reloads its history). One that has read everything always gets
+# the next message.
 MAX_UNSENT_BYTES = 4 * 1024 * 1024
 # One commit's readings go out in messages of at most this many (about 150 KB),
 # so no single message comes near that bound.
@@ -108,13 +109,13 @@ class LiveFeed:
 
     def _broadcast(self, message: str) -> None:
         # broadcast() has no backpressure: a browser that does not read would hold
-        # every message. It gets this one only if its backlog stays within the bound.
+        # every message. It gets this one only if its backlog stays within the bound,
+        # or if it has none (an agents snapshot of a very large fleet may be bigger).
         size = len(message)  # JSON with ensure_ascii: one byte a character
         ready = []
         for ws in list(self._clients):
-            transport = ws.transport
-            if transport is not None and transport.get_write_buffer_size() + size \
-                    > MAX_UNSENT_BYTES:
+            waiting = ws.transport.get_write_buffer_size() if ws.transport is not None else 0
+            if waiting and waiting + size > MAX_UNSENT_BYTES:
                 self._drop(ws)
             else:
                 ready.append(ws)
