@@ -10,7 +10,6 @@ import threading
 import time
 from contextlib import ExitStack
 
-import pytest
 from conftest import TOKENS
 from processes import HOST, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
