@@ -367,8 +367,8 @@ def _named(check_item: Check, limit: int) -> Check:
         if type(value) is not dict:
             return _BAD
         kept = {}
-        for name, item in value.items():
-            if len(kept) == limit:
+        for seen, (name, item) in enumerate(value.items()):
+            if seen == limit:  # good names or bad, so the work and what is named is bounded
                 dropped.append(path)
                 break
             if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH \

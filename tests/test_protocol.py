@@ -151,6 +151,11 @@ def test_a_status_names_at_most_so_many_sensors():
     status = parse_agent_message(frame({"type": "status", "sensors": sensors}))
     assert len(status.fields["sensors"]) == protocol.MAX_STATUS_SENSORS
     assert status.dropped == ("sensors",)
+    # Bad names count too, so what is checked and named stays bounded.
+    bad = {"x" * 200 + str(i): {"good": 1} for i in range(5_000)}
+    status = parse_agent_message(frame({"type": "status", "sensors": bad}))
+    assert status.fields["sensors"] == {}
+    assert len(status.dropped) == protocol.MAX_STATUS_SENSORS + 1
 
 
 def test_status_time_too_big_for_a_float_is_dropped_not_fatal():
