@@ -402,6 +402,7 @@ STATUS_FIELDS: dict[str, Check] = {
         "consecutive_failures": _count,
         "failures": _named(_count, MAX_FAILURE_KINDS),  # failed reads by kind
         "last_error": _or_none(_text(MAX_STATUS_TEXT)),
+        "held_back": _count,  # readings its filters kept from the buffer
     }), MAX_STATUS_SENSORS),
 }
 _STATUS = _object(STATUS_FIELDS)

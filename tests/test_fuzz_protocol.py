@@ -232,7 +232,7 @@ status_keys = st.sampled_from(["time", "uptime", "version", "backend", "buffer_d
                                "buffer_oldest_age", "dropped", "sent", "cpu_temperature",
                                "clock_synced", "sensors", "future"])
 sensor_keys = st.sampled_from(["good", "failed", "failures", "consecutive_failures",
-                               "last_error", "colour"])
+                               "last_error", "held_back", "colour"])
 sensor_entries = st.dictionaries(
     sensor_keys, json_values | st.dictionaries(st.text(max_size=10), json_values, max_size=4),
     max_size=6) | json_values

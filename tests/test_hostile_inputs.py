@@ -229,7 +229,7 @@ WRONG_VALUES = [HUGE, "-" + HUGE, "1e999", '"NaN"', '"Infinity"', '"12"', "true"
                 '"' + "x" * 5000 + '"']
 STATUS_KEYS = ["time", "uptime", "version", "backend", "buffer_depth", "buffer_oldest_age",
                "dropped", "sent", "cpu_temperature", "clock_synced", "sensors"]
-SENSOR_KEYS = ["good", "failed", "consecutive_failures", "failures", "last_error"]
+SENSOR_KEYS = ["good", "failed", "consecutive_failures", "failures", "last_error", "held_back"]
 
 
 def hostile_statuses() -> list[str]:

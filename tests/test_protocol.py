@@ -81,7 +81,8 @@ AGENT_STATUS = {  # what agent/agent.py sends
     "buffer_depth": 42, "buffer_oldest_age": None, "dropped": 0, "sent": 900,
     "cpu_temperature": 48.3, "clock_synced": True,
     "sensors": {"climate": {"good": 3, "failed": 1, "failures": {"checksum": 1},
-                            "consecutive_failures": 0, "last_error": "checksum did not validate"}},
+                            "consecutive_failures": 0, "last_error": "checksum did not validate",
+                            "held_back": 2}},
 }
 
 
