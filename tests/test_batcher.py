@@ -7,8 +7,8 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from sensor_edge.server.batcher import Batcher
-from sensor_edge.server.metrics import CollectorMetrics
+from sensor_edge.server.ingest.batcher import Batcher
+from sensor_edge.server.outputs.metrics import CollectorMetrics
 from sensor_edge.server.storage import Batch
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 

@@ -173,9 +173,9 @@ def test_a_browser_never_has_more_than_the_bound_waiting_on_the_collector():
     MAX_UNSENT_BYTES all along (a commit's worth was once allowed on top of it)."""
     import asyncio
 
-    from sensor_edge.server.agents import AgentRegistry
-    from sensor_edge.server.live import MAX_UNSENT_BYTES, LiveFeed
-    from sensor_edge.server.metrics import CollectorMetrics
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.outputs.live import MAX_UNSENT_BYTES, LiveFeed
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
     from sensor_edge.server.storage import Batch
     from websockets.asyncio.server import serve
 

@@ -9,8 +9,8 @@ import math
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sensor_edge.server import protocol
-from sensor_edge.server.protocol import (
+from sensor_edge.contract import protocol
+from sensor_edge.contract.protocol import (
     Ack,
     AgentSession,
     Bye,
@@ -266,8 +266,8 @@ def assert_clean(value, path: str = "status") -> None:
 @example({"time": 10**400})  # found by review: float() raised on every /metrics scrape
 @example({"sensors": {"s": {"good": 10**400}}, "dropped": 10**400, "uptime": 10**400})
 def test_any_status_is_a_clean_typed_status_or_a_contract_error(body):
-    from sensor_edge.server.agents import AgentRegistry
-    from sensor_edge.server.metrics import CollectorMetrics
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
 
     status = parse_or_refuse(json.dumps({**body, "type": "status"}))
     if status is None:

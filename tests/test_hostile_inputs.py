@@ -13,7 +13,7 @@ import zlib
 import pytest
 from conftest import TOKENS
 from processes import HOST, Agent, Collector, wait_until
-from sensor_edge.server.protocol import AgentSession, ProtocolError, parse_agent_message
+from sensor_edge.contract.protocol import AgentSession, ProtocolError, parse_agent_message
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 

@@ -20,10 +20,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from ...config.service import StartupError
-from ..protocol import Reading
-from . import READING_COLUMNS, Batch, ReadingQuery, differing, safe_url
-from .sqlite import _STORED_ROWS, EXPIRED, _filters
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.contract.protocol import Reading
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, differing, safe_url
+from sensor_edge.server.storage.sqlite import _STORED_ROWS, EXPIRED, _filters
 
 log = logging.getLogger("sensor_edge.collector.storage")
 

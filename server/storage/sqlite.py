@@ -8,8 +8,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..protocol import Reading
-from . import READING_COLUMNS, Batch, ReadingQuery, differing
+from sensor_edge.contract.protocol import Reading
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, differing
 
 # 2: readings.received (retention keys on it too), added to a version 1 file on open.
 SCHEMA_VERSION = 2

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from .protocol import Reading
-from .storage import Batch, Storage
+from sensor_edge.contract.protocol import Reading
+from sensor_edge.server.storage import Batch, Storage
 
 if TYPE_CHECKING:
-    from .metrics import CollectorMetrics
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
 
 log = logging.getLogger("sensor_edge.collector.batcher")
 
