@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 from sensor_edge.config.model import AgentConfig
 from sensor_edge.runtime.tls import client_context
-from sensor_edge.agent import __version__
+from sensor_edge.contract import __version__
 from sensor_edge.agent.backends import Backend, choose_backend
-from sensor_edge.agent.buffer import Buffer
+from sensor_edge.agent.buffer import Buffer, machine_identity
 from sensor_edge.agent.sampler import Sampler
 from sensor_edge.agent.sensors import Sample, open_sensors
 from sensor_edge.agent.uplink import Uplink
@@ -56,7 +56,9 @@ def clock_synced() -> bool | None:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, backend: str | None = None):
+    def __init__(self, config: AgentConfig, backend: str | Backend | None = None):
+        """``backend``: a backend's name (--mock gives "mock"; None: the config's), or one
+        already made (tests hand in a hardware backend on fake buses)."""
         self.config = config
         self.backend_name = backend or config.backend
         self.backend: Backend | None = None
@@ -85,10 +87,11 @@ class Agent:
         wss = any(url.startswith("wss://") for url in self.config.urls)
         tls = client_context(self.config) if wss else None
         self.buffer = await self.on_buffer(Buffer, self.config.buffer_path,
-                                           self.config.max_buffered)
+                                           self.config.max_buffered, machine_identity())
         log.info("agent %s, epoch %s, %d readings waiting in %s", self.config.agent_id,
                  self.buffer.epoch, self.buffer.depth, self.config.buffer_path)
-        self.backend = choose_backend(self.backend_name, self.config.pin_factory)
+        self.backend = self.backend_name if isinstance(self.backend_name, Backend) else \
+            choose_backend(self.backend_name, self.config.pin_factory)
         sensors = open_sensors(self.config.sensors, self.backend)
         self.backend.start()
         self.sampler = Sampler(sensors, self._collect)

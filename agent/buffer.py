@@ -62,8 +62,31 @@ CREATE TABLE IF NOT EXISTS readings (
 """
 
 
+def machine_identity(root: str = "/") -> str | None:
+    """What names this machine: systemd's machine id and the board's serial number.
+
+    A buffer remembers the machine that made it; an SD card cloned into another
+    Pi carries the buffer (and often /etc/machine-id) along, so the board's own
+    serial counts too. None when neither can be read.
+    """
+    parts = []
+    for name in ("etc/machine-id", "sys/firmware/devicetree/base/serial-number"):
+        try:
+            with open(os.path.join(root, name), "rb") as f:
+                parts.append(f.read(256).strip(b"\0\n ").decode("ascii", "replace"))
+        except OSError:
+            parts.append("")
+    return "/".join(parts) if any(parts) else None
+
+
 class Buffer:
-    def __init__(self, path: str, max_readings: int):
+    def __init__(self, path: str, max_readings: int, machine: str | None = None):
+        """Open (or create) the buffer at ``path``.
+
+        ``machine`` (see :func:`machine_identity`): a buffer made on another
+        machine is given a new epoch, so two Pis booted from copies of one card
+        never share an (agent, epoch); the readings it holds are kept, renumbered.
+        """
         self.path = path
         self.max_readings = max_readings
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -83,6 +106,14 @@ class Buffer:
             self._set_meta("last_seq", "0")
             self._set_meta("dropped", "0")
             log.info("new buffer %s, epoch %s", path, epoch)
+        made_on = self._meta("machine")
+        if machine is not None and made_on is not None and made_on != machine:
+            epoch = self._new_epoch()
+            log.warning("buffer %s was made on another machine (%s, this is %s): a copied SD "
+                        "card? Starting a new epoch %s so its seqs cannot collide with the "
+                        "other machine's", path, made_on, machine, epoch)
+        if machine is not None and made_on != machine:
+            self._set_meta("machine", machine)
         self._db.execute("COMMIT")
         self.epoch = epoch
         self.last_seq = int(self._meta("last_seq"))
@@ -96,6 +127,19 @@ class Buffer:
         self._capped = False  # the file may not grow: the disk filled up
         self._drop_logged_at = -DROP_LOG_EVERY
         self._take_reserve()
+
+    def _new_epoch(self) -> str:
+        """Give the buffer a new epoch; what it holds becomes seqs 1..n of it."""
+        epoch = uuid.uuid4().hex
+        oldest = self._db.execute("SELECT min(seq) FROM readings").fetchone()[0] or 1
+        # Two steps, so no seq collides with another mid-update.
+        self._db.execute("UPDATE readings SET seq = -(seq - ?) WHERE seq >= ?",
+                         (oldest - 1, oldest))
+        self._db.execute("UPDATE readings SET seq = -seq WHERE seq < 0")
+        held = self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        self._set_meta("epoch", epoch)
+        self._set_meta("last_seq", str(held))
+        return epoch
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -257,9 +301,10 @@ class Buffer:
 
     def after(self, seq: int, limit: int) -> list[Reading]:
         """Up to ``limit`` readings with seqs above ``seq``, in order."""
-        return self._db.execute(
+        rows = self._db.execute(
             "SELECT seq, sensor, metric, value, unit, ts FROM readings WHERE seq > ? "
             "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return list(map(Reading._make, rows))
 
     def acknowledged(self, seq: int) -> None:
         """The collector holds everything up to ``seq``: forget it."""
@@ -275,17 +320,24 @@ class Buffer:
         """Square the buffer with what the collector holds (its `welcome.acked`).
 
         The collector can only hold seqs this buffer committed, so `acked` at
-        or past our next seq means a power cut rolled back commits the collector
-        had already stored. Seqs handed out since then would collide with
-        different data there and be dropped as duplicates: move them past
-        `acked`, keeping their order, before anything is sent.
+        or past the first seq handed out in this run means a power cut rolled
+        back commits the collector had already stored. Seqs handed out since
+        then would collide with different data there and be dropped as
+        duplicates: move them all past `acked`, keeping their order, before
+        anything is sent.
         """
         start = self._unconfirmed_from
         if start is None:
             # Confirmed once already this run, so this is another store (a collector whose
             # database was replaced?): resend what we hold rather than risk losing it.
             start = self._oldest_seq() or self.last_seq + 1
-        if acked > self.last_seq:
+            collides = acked > self.last_seq
+        else:
+            # Nothing from `start` on has been sent to anyone yet, so a collector that
+            # holds `start` holds a reading of an earlier run that a power cut took back
+            # from us: however few or many new readings we took since, each collides.
+            collides = acked >= start
+        if collides:
             shift = acked - start + 1
             db = self._db
             db.execute("BEGIN IMMEDIATE")

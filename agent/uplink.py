@@ -16,25 +16,16 @@ import logging
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from sensor_edge.contract import protocol
-from sensor_edge.contract.protocol import (
-    Ack,
-    Bye,
-    Error,
-    Hello,
-    ProtocolError,
-    Readings,
-    Status,
-    Welcome,
-)
 from sensor_edge.agent.buffer import Buffer
+from sensor_edge.contract import protocol
+from sensor_edge.contract.protocol import ProtocolError
+from sensor_edge.contract.session import Acked, AgentSession, Refused, Welcomed
 
 log = logging.getLogger("sensor_edge.agent.uplink")
 
@@ -163,49 +154,43 @@ class Uplink:
             max_size=protocol.MAX_FRAME_LIMIT,
             user_agent_header=f"sensor-agent/{self.version}",
         ) as ws:
-            await ws.send(protocol.encode(Hello(self.agent_id, self.buffer.epoch, self.version,
-                                                time=time.time())))
-            reply = protocol.parse_collector_message(
-                await asyncio.wait_for(ws.recv(), WELCOME_TIMEOUT))
-            if isinstance(reply, Error):
-                raise ProtocolError(reply.error, reply.detail, protocol.CloseCode.POLICY_VIOLATION)
-            if not isinstance(reply, Welcome):
-                raise ProtocolError("unexpected", "expected welcome", protocol.CloseCode.POLICY_VIOLATION)
-            await self._on_buffer(self.buffer.reconcile, reply.acked)
-            self.acked_seq = reply.acked
+            session = AgentSession(self.agent_id, self.buffer.epoch, self.version,
+                                   window=self.window)
+            await ws.send(session.hello(time=time.time()))
+            welcome = session.receive(await asyncio.wait_for(ws.recv(), WELCOME_TIMEOUT))
+            assert isinstance(welcome, Welcomed)  # the session raises on anything else
+            await self._on_buffer(self.buffer.reconcile, welcome.acked)
+            self.acked_seq = welcome.acked
             self.connected = self._welcomed = True
-            log.info("connected to %s; it holds up to seq %d, %d to send", url, reply.acked,
-                     max(0, self.buffer.last_seq - reply.acked))
-            in_flight: deque[int] = deque()
-            receiver = asyncio.create_task(self._receive(ws, in_flight))
-            reporter = asyncio.create_task(self._report(ws))
+            log.info("connected to %s; it holds up to seq %d, %d to send", url, welcome.acked,
+                     max(0, self.buffer.last_seq - welcome.acked))
+            receiver = asyncio.create_task(self._receive(ws, session))
+            reporter = asyncio.create_task(self._report(ws, session))
             try:
-                await self._send(ws, reply.acked, in_flight, receiver)
+                await self._send(ws, session, receiver)
                 if self._stopping:
-                    await self._say_bye(ws, in_flight, receiver)
+                    await self._say_bye(ws, session, receiver)
             finally:
                 for task in (reporter, receiver):
                     task.cancel()
                 await asyncio.gather(reporter, receiver, return_exceptions=True)
 
-    async def _send(self, ws: ClientConnection, sent_upto: int, in_flight: deque[int],
+    async def _send(self, ws: ClientConnection, session: AgentSession,
                     receiver: asyncio.Task[None]) -> None:
         while not receiver.done():
             if self._stopping and time.monotonic() >= self._flush_deadline:
                 return
             self._wake.clear()
-            if len(in_flight) >= self.window:
+            if not session.window_open:
                 await self._wait(receiver)
                 continue
-            rows = await self._on_buffer(self.buffer.after, sent_upto, self.batch_size)
+            rows = await self._on_buffer(self.buffer.after, session.sent_upto, self.batch_size)
             if not rows:
                 if self._stopping:
                     return
                 await self._wait(receiver)
                 continue
-            await ws.send(protocol.encode(Readings(rows)))
-            sent_upto = rows[-1][0]
-            in_flight.append(sent_upto)
+            await ws.send(session.readings(rows))
             self.sent += len(rows)
         # The receiver ended: the connection is gone; say why.
         receiver.result()
@@ -219,21 +204,19 @@ class Uplink:
                            return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
 
-    async def _receive(self, ws: ClientConnection, in_flight: deque[int]) -> None:
+    async def _receive(self, ws: ClientConnection, session: AgentSession) -> None:
         async for frame in ws:
-            message = protocol.parse_collector_message(frame)
-            if isinstance(message, Ack):
-                await self._on_buffer(self.buffer.acknowledged, message.seq)
-                self.acked_seq = max(self.acked_seq, message.seq)
-                while in_flight and in_flight[0] <= message.seq:
-                    in_flight.popleft()
+            event = session.receive(frame)
+            if isinstance(event, Acked):
+                await self._on_buffer(self.buffer.acknowledged, event.seq)
+                self.acked_seq = session.acked
                 self._wake.set()
-            elif isinstance(message, Error):
-                log.error("collector refused our data: %s: %s", message.error, message.detail)
+            elif isinstance(event, Refused):
+                log.error("collector refused our data: %s: %s", event.error, event.detail)
         state = ws.protocol
         raise ConnectionClosed(state.close_rcvd, state.close_sent, state.close_rcvd_then_sent)
 
-    async def _report(self, ws: ClientConnection) -> None:
+    async def _report(self, ws: ClientConnection, session: AgentSession) -> None:
         """Send a status now and every `status_every` seconds while connected."""
         if self._status is None:
             return
@@ -242,21 +225,21 @@ class Uplink:
                 fields = await self._status()
                 if self._stopping:
                     return  # bye may be on its way: nothing may follow it
-                await ws.send(protocol.encode(Status(fields)))
+                await ws.send(session.status(fields))
             except ConnectionClosed:
                 return  # the receiver notices and the session ends
             except Exception as e:  # a status must never take the link down
                 log.warning("could not send a status: %s", e)
             await asyncio.sleep(self._status_every)
 
-    async def _say_bye(self, ws: ClientConnection, in_flight: deque[int],
+    async def _say_bye(self, ws: ClientConnection, session: AgentSession,
                        receiver: asyncio.Task[None]) -> None:
-        while in_flight and not receiver.done() and time.monotonic() < self._flush_deadline:
+        while session.in_flight and not receiver.done() and time.monotonic() < self._flush_deadline:
             self._wake.clear()
             await self._wait(receiver)
         if receiver.done():
             return
-        await ws.send(protocol.encode(Bye()))
+        await ws.send(session.bye())
         try:
             await asyncio.wait_for(ws.wait_closed(),
                                    max(0.2, self._flush_deadline - time.monotonic()))

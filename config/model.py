@@ -15,11 +15,9 @@ DEFAULT_MAX_BUFFERED = 1_000_000
 DEFAULT_POLL_INTERVAL = 10.0
 DEFAULT_STALE_AFTER = 60.0
 
-# A DHT sensor needs this long between reads or it answers with stale data.
-READ_FLOORS = {"dht22": 2.0, "dht11": 1.0}
-POLLED_TYPES = ("dht11", "dht22", "cpu_temperature")
-DIGITAL_TYPES = ("motion", "button")
-SENSOR_TYPES = POLLED_TYPES + DIGITAL_TYPES
+# Sensor types (their metrics, keys, floors) live in sensor_types.py.
+# A sensor's `filters:`, applied in this order of the list on the agent.
+FILTERS = ("offset", "multiply", "round", "delta", "heartbeat", "throttle_average")
 BACKENDS = ("auto", "hardware", "mock")
 # gpiozero 2's own pin factories (its `gpiozero_pin_factories` entry points);
 # lgpio is the one that works on every Pi, the Pi 5 included.
@@ -76,6 +74,26 @@ class MQTTConfig:
     qos: int = 1
 
 
+ALERT_KINDS = ("threshold", "stale")
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One `alerts:` entry (docs/alerts.md). Globs match like shell patterns."""
+
+    name: str
+    kind: str = "threshold"  # or "stale": an agent silent past stale_after
+    agent: str = "*"
+    sensor: str = "*"
+    metric: str = "*"
+    above: float | None = None  # fires above this, or below `below`; both: outside the band
+    below: float | None = None
+    hysteresis: float = 0.0  # clears only once back past the threshold by this much
+    for_seconds: float = 0.0  # `for`: how long (reading time) the condition must hold
+    # Apprise URLs; repr=False: they often carry tokens or passwords.
+    notify: tuple[str, ...] = field(default=(), repr=False)
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     source: str
@@ -89,17 +107,33 @@ class CollectorConfig:
     retention_days: float | None = None  # None: keep forever
     api_token: str | None = field(default=None, repr=False)  # set: the HTTP read API needs Authorization: Bearer
     mqtt: MQTTConfig | None = None  # None: no MQTT
+    alerts: tuple[AlertRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """One step of a sensor's `filters:` list: ``kind`` is one of FILTERS."""
+
+    kind: str
+    value: float  # the amount, decimals (round) or seconds (heartbeat, throttle_average)
 
 
 @dataclass(frozen=True)
 class SensorConfig:
     name: str
-    type: str
+    type: str  # a key of sensor_types.SENSOR_TYPES
     pin: int | None = None
     interval: float | None = None
     # Digital inputs: edges closer together than this after a reported one are
     # contact bounce; the settled state is reported when the window ends.
     debounce: float | None = None
+    bus: int | None = None  # I2C: /dev/i2c-N
+    # I2C: the 7-bit address; 1-Wire: the id (28-0316a2791dff), None: the only one there.
+    address: int | str | None = None
+    channel: int | None = None  # ADCs
+    gain: float | None = None  # ADS1115: 2/3, 1, 2, 4, 8 or 16
+    filters: tuple[FilterConfig, ...] = ()
+    metrics: tuple[str, ...] | None = None  # None: all of the type's metrics
 
 
 @dataclass(frozen=True)

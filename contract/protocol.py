@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 STREAM_PATH = "/v1/stream"
 
@@ -58,10 +58,22 @@ def _policy(code: str, detail: str) -> ProtocolError:
     return ProtocolError(code, detail, CloseCode.POLICY_VIOLATION)
 
 
-# Reading rows travel as plain tuples: they go straight into executemany().
-# (seq, sensor, metric, value, unit, ts)
-Reading = tuple[int, str, str, float, str, float]
-READING_FIELDS = ("seq", "sensor", "metric", "value", "unit", "ts")
+class Reading(NamedTuple):
+    """One reading, as the wire carries it and both ends store it.
+
+    A tuple, so rows go straight into executemany() and COPY; read it by name.
+    """
+
+    seq: int
+    sensor: str
+    metric: str
+    value: float
+    unit: str
+    ts: float
+
+
+# Building one from a tuple without a Python-level __new__ call: the hot path.
+_reading = Reading._make
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ class Readings:
 
     @property
     def last_seq(self) -> int:
-        return self.readings[-1][0] if self.readings else 0
+        return self.readings[-1].seq if self.readings else 0
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,8 @@ CollectorMessage = Welcome | Ack | Error
 def encode(message: AgentMessage | CollectorMessage) -> str:
     """The text frame for a message."""
     if isinstance(message, Readings):
-        rows = [dict(zip(READING_FIELDS, row)) for row in message.readings]
+        fields = Reading._fields
+        rows = [dict(zip(fields, row)) for row in message.readings]
         return json.dumps({"type": "readings", "readings": rows}, separators=(",", ":"))
     if isinstance(message, Hello):
         body = {"type": "hello", "agent": message.agent, "epoch": message.epoch,
@@ -287,7 +300,7 @@ def _readings(body: dict[str, Any], max_batch: int) -> Readings:
             _number(item, "ts", what)
         if len(item) > 6:
             _check_extra(item, 6, 2, what)
-        rows.append((seq, sensor, metric, float(value), unit, float(ts)))
+        rows.append(_reading((seq, sensor, metric, float(value), unit, float(ts))))
         previous = seq
     return Readings(rows)
 
@@ -451,41 +464,3 @@ def parse_collector_message(frame: str | bytes) -> CollectorMessage:
         return Error(_string(body, "error", "error"),
                      str(body.get("detail", ""))[:500])
     raise _policy("unknown_type", f"unknown message type {kind[:40]!r}")
-
-
-class AgentSession:
-    """The collector's view of one agent connection: which messages may come when.
-
-    Feed it frames with :meth:`receive`; it returns the validated message or
-    raises :class:`ProtocolError`. It holds no socket and no clock.
-    """
-
-    def __init__(self, agent_id: str, *, max_frame_bytes: int = MAX_FRAME_LIMIT - 1,
-                 max_batch_readings: int = MAX_BATCH_LIMIT - 1):
-        self.agent_id = agent_id
-        self.max_frame_bytes = max_frame_bytes
-        self.max_batch_readings = max_batch_readings
-        self.hello: Hello | None = None
-        self.closed = False
-
-    @property
-    def epoch(self) -> str | None:
-        return self.hello.epoch if self.hello else None
-
-    def receive(self, frame: str | bytes) -> AgentMessage:
-        if self.closed:
-            raise _policy("closed", "the agent said bye")
-        message = parse_agent_message(frame, max_frame_bytes=self.max_frame_bytes,
-                                      max_batch_readings=self.max_batch_readings)
-        if isinstance(message, Hello):
-            if self.hello is not None:
-                raise _policy("duplicate_hello", "hello was already received")
-            if message.agent != self.agent_id:
-                raise _policy("wrong_agent",
-                              f"this token belongs to agent {self.agent_id!r}, not {message.agent!r}")
-            self.hello = message
-        elif self.hello is None:
-            raise _policy("hello_required", "the first message must be hello")
-        elif isinstance(message, Bye):
-            self.closed = True
-        return message

@@ -1,5 +1,7 @@
-"""The collector: connection -> protocol -> batcher -> storage -> HTTP API.
+"""The collector, as its pipeline's stages: ingest -> storage -> outputs, beside the web face.
 
-Importing this package imports nothing else, so the agent can use
-:mod:`sensor_edge.server.protocol` without pulling in the collector's runtime.
+`ingest/` (agent connections, limits, group commit, the agent registry),
+`storage/` (SQLite, PostgreSQL, retention), `outputs/` (live feed, MQTT,
+metrics), `web/` (HTTP API, dashboard), `commands/` (the CLI and its
+subcommands); `collector.py` wires them together.
 """

@@ -17,6 +17,7 @@ from sensor_edge.config.model import CollectorConfig
 from sensor_edge.runtime.tls import server_context
 from sensor_edge.server.web import http_api
 from sensor_edge.server.ingest.agents import AgentRegistry
+from sensor_edge.server.outputs.alerts import Alerts
 from sensor_edge.server.ingest.batcher import Batcher
 from sensor_edge.server.ingest.connection import serve_agent
 from sensor_edge.server.ingest.limits import ConnectionBudget, FailedLogins
@@ -40,6 +41,7 @@ class Collector:
         self.live: LiveFeed | None = None
         self.retention: Retention | None = None
         self.mqtt: MQTTBridge | None = None
+        self.alerts = Alerts(config.alerts, config.stale_after, self.metrics.registry)
         self._server: Server | None = None
         limits = config.limits
         # WebSocket connections held, agents and browsers apart (limits.max_connections,
@@ -71,8 +73,10 @@ class Collector:
         self.live.start()
         if self.mqtt is not None:
             self.mqtt.start(self.agents)
+        await self.alerts.start(self.storage, self._writer, self.read, self.agents, self.mqtt)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed,
-                               metrics=self.metrics)
+                               on_commit_failed=self.metrics.commit_hook_failures.inc,
+                               on_conflicting=self.metrics.readings_conflicting.inc)
         self.batcher.start()
         if self.config.retention_days is not None:
             self.retention = Retention(self.storage, self._writer, self.config.retention_days,
@@ -123,6 +127,7 @@ class Collector:
             await self.batcher.stop()
         if self.mqtt is not None:  # after the batcher: its last commits get published too
             await self.mqtt.stop()
+        await self.alerts.stop()  # after the batcher too: its last commits are judged
         if self.storage is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.storage.close)
         self._writer.shutdown(wait=True)
@@ -172,6 +177,7 @@ class Collector:
         self.live.publish(batches, added)
         if self.mqtt is not None:
             self.mqtt.stored(batches, added)
+        self.alerts.stored(batches, added)
 
 
 def _raise_open_file_limit(connections: int) -> None:

@@ -58,7 +58,8 @@ def test_an_on_commit_that_raises_never_stops_the_acks(tmp_path, caplog):
         return resolved
 
     with caplog.at_level(logging.WARNING, "sensor_edge"):
-        resolved = run_batcher(tmp_path, scenario, on_commit=on_commit, metrics=metrics)
+        resolved = run_batcher(tmp_path, scenario, on_commit=on_commit,
+                               on_commit_failed=metrics.commit_hook_failures.inc)
     assert resolved == [10] * 20  # every batch acked: its future resolved with its count
     assert len(calls) == 20
     assert counter(metrics, "sensor_edge_commit_hook_failures_total") == 20

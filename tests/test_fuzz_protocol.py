@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sensor_edge.contract import protocol
+from sensor_edge.contract.session import CollectorSession
 from sensor_edge.contract.protocol import (
+    Reading,
     Ack,
-    AgentSession,
     Bye,
     Error,
     Hello,
@@ -63,19 +65,19 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 
 
 @st.composite
-def valid_readings(draw) -> list[tuple]:
+def valid_readings(draw) -> list[Reading]:
     count = draw(st.integers(1, 20))
     seqs = sorted(draw(st.sets(st.integers(1, 2**53), min_size=count, max_size=count)))
-    return [(seq, draw(names), draw(names), draw(finite),
-             draw(units), draw(finite)) for seq in seqs]
+    return [Reading(seq, draw(names), draw(names), draw(finite),
+                    draw(units), draw(finite)) for seq in seqs]
 
 
 @st.composite
 def readings_with_one_field_spoiled(draw) -> str:
     """A valid batch, then one field of one reading replaced by any JSON value."""
-    rows = [dict(zip(protocol.READING_FIELDS, row)) for row in draw(valid_readings())]
+    rows = [row._asdict() for row in draw(valid_readings())]
     victim = draw(st.sampled_from(rows))
-    key = draw(st.sampled_from([*protocol.READING_FIELDS, "extra"]))
+    key = draw(st.sampled_from([*protocol.Reading._fields, "extra"]))
     if draw(st.booleans()):
         victim[key] = draw(json_values)
     else:
@@ -127,10 +129,9 @@ def assert_storable(message) -> None:
 @given(st.binary(max_size=2000))
 def test_any_bytes_are_refused_as_a_binary_frame(frame):
     assert parse_or_refuse(frame) is None
-    try:
+    with pytest.raises(ProtocolError) as refused:
         protocol.parse_agent_message(frame)
-    except ProtocolError as e:
-        assert e.close_code == 1003
+    assert refused.value.close_code == 1003
 
 
 @FUZZ
@@ -212,7 +213,7 @@ def test_nesting_past_any_message_is_too_deep_whatever_the_type(position, extra,
 @given(st.lists(st.one_of(st.text(max_size=200), message_like().map(json.dumps),
                           st.binary(max_size=20)), max_size=8))
 def test_a_session_never_fails_otherwise_and_stores_nothing_before_hello(frames):
-    session = AgentSession("pi-1")
+    session = CollectorSession("pi-1")
     hello = json.dumps({"type": "hello", "agent": "pi-1", "epoch": "e", "version": "v"})
     said_hello = False
     for frame in [*frames, hello, *frames]:

@@ -13,7 +13,8 @@ import zlib
 import pytest
 from conftest import TOKENS
 from processes import HOST, Agent, Collector, wait_until
-from sensor_edge.contract.protocol import AgentSession, ProtocolError, parse_agent_message
+from sensor_edge.contract.protocol import ProtocolError, parse_agent_message
+from sensor_edge.contract.session import CollectorSession
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -206,11 +207,14 @@ def test_a_fast_agent_is_slowed_to_the_reading_rate_not_refused(running):
 def test_unauthenticated_floods_do_not_touch_storage(running):
     collector, agent = running
     before = len(collector.stored_seqs("pi-1"))
+    failures_before = metric(collector, "sensor_edge_auth_failures_total")
     for _ in range(8):  # the collector slows these down (tests/test_security.py)
-        with pytest.raises(InvalidStatus), \
+        with pytest.raises(InvalidStatus) as refused, \
                 connect(collector.stream_url, open_timeout=10,
                         additional_headers={"Authorization": "Bearer guess"}):
             pass
+        assert refused.value.response.status_code == 401
+    assert metric(collector, "sensor_edge_auth_failures_total") - failures_before == 8
     keeps_storing(collector, agent, before)
 
 
@@ -296,7 +300,7 @@ def test_no_status_or_hello_shape_makes_any_endpoint_fail(running):
         with connect(collector.stream_url, open_timeout=10, max_size=None,
                      additional_headers={"Authorization": f"Bearer {TOKENS['pi-5']}"}) as ws:
             try:  # some shapes are fine for some fields: "NaN" is a good epoch name
-                AgentSession("pi-5").receive(frame)
+                CollectorSession("pi-5").receive(frame)
             except ProtocolError:
                 assert close_code(ws, frame) in (1007, 1008), frame[:80]
             else:

@@ -7,14 +7,15 @@ import json
 import pytest
 
 from sensor_edge.contract import protocol
+from sensor_edge.contract.session import CollectorSession
 from sensor_edge.contract.protocol import (
     Ack,
-    AgentSession,
     Bye,
     CloseCode,
     Error,
     Hello,
     ProtocolError,
+    Reading,
     Readings,
     Status,
     Welcome,
@@ -35,8 +36,8 @@ def frame(body) -> str:
     return json.dumps(body)
 
 
-def session() -> AgentSession:
-    s = AgentSession("pi-1", max_frame_bytes=256 * 1024, max_batch_readings=1000)
+def session() -> CollectorSession:
+    s = CollectorSession("pi-1", max_frame_bytes=256 * 1024, max_batch_readings=1000)
     s.receive(frame(HELLO))
     return s
 
@@ -181,7 +182,7 @@ def test_hello_time_is_a_float_even_when_sent_as_a_large_integer():
 
 
 @pytest.mark.parametrize("message", [
-    Hello("pi-1", "e", "1", time=5.0), Readings([(1, "s", "m", 1.0, "", 2.0)]), Bye(),
+    Hello("pi-1", "e", "1", time=5.0), Readings([Reading(1, "s", "m", 1.0, "", 2.0)]), Bye(),
     Status({"uptime": 1}),
 ])
 def test_agent_messages_round_trip(message):
@@ -254,7 +255,7 @@ def test_bad_frames_raise_the_contract_codes(name, data, code, close_code):
 
 
 def test_a_message_before_hello_is_refused():
-    s = AgentSession("pi-1")
+    s = CollectorSession("pi-1")
     with pytest.raises(ProtocolError) as caught:
         s.receive(frame({"type": "readings", "readings": [reading(1)]}))
     assert (caught.value.code, caught.value.close_code) == ("hello_required",
@@ -262,7 +263,7 @@ def test_a_message_before_hello_is_refused():
 
 
 def test_hello_naming_another_agent_is_refused():
-    s = AgentSession("pi-1")
+    s = CollectorSession("pi-1")
     with pytest.raises(ProtocolError) as caught:
         s.receive(frame({**HELLO, "agent": "pi-2"}))
     assert caught.value.code == "wrong_agent"

@@ -9,7 +9,7 @@ from processes import wait_until
 
 from sensor_edge.server.storage.retention import DELETE_BATCH
 from sensor_edge.server.storage import Batch, ReadingQuery
-from sensor_edge.server.storage.sqlite import SQLiteStorage
+from sensor_edge.server.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
 
 DAY = 86400.0
 
@@ -99,7 +99,7 @@ def test_a_database_from_before_received_times_is_migrated_and_expires_by_ts(tmp
         assert storage.delete_older_than(now - DAY, 100) == 2
         assert sorted(r[2] for r in storage.iter_readings(ReadingQuery())) == [3, 4, 5]
         with sqlite3.connect(path) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         storage.close()
     SQLiteStorage(path).close()  # opening it again migrates nothing twice

@@ -3,6 +3,11 @@
 Rows come from :meth:`Storage.iter_readings` page by page and are written as
 they come, so exporting a year of readings takes as little memory as a day.
 The CSV shape is the same as `GET /api/readings.csv`.
+
+A text cell a spreadsheet would run as a formula (a sensor named
+``=HYPERLINK(...)``) is neutralised by OWASP's rule for CSV injection: a single
+quote before it, and the cell quoted. Numbers are written as numbers, so a
+negative value stays -3.5.
 """
 
 from __future__ import annotations
@@ -11,16 +16,27 @@ import csv
 import io
 import json
 import math
+import operator
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
 
+if TYPE_CHECKING:
+    from sensor_edge.server.outputs.metrics import EscapedNames
+
 FORMATS = ("csv", "jsonl")
+# OWASP's CSV injection list: a cell starting with one of these is a formula to Excel,
+# LibreOffice or Google Sheets.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Cells only text columns can hold; the numeric ones are never touched.
+TEXT_COLUMNS = tuple(i for i, column in enumerate(READING_COLUMNS)
+                     if column in ("agent", "epoch", "sensor", "metric", "unit"))
+_text_cells = operator.itemgetter(*TEXT_COLUMNS)
 # How often the progress line is redrawn.
 PROGRESS_EVERY = 0.25
 
@@ -49,13 +65,26 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
-def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
-    """A header line, then one CSV line per row (columns in READING_COLUMNS order)."""
+def csv_lines(rows: Iterable[Sequence[Any]],
+              neutralised: Callable[[str], None] | None = None) -> Iterable[str]:
+    """A header line, then one CSV line per row (columns in READING_COLUMNS order).
+
+    A text cell starting with one of FORMULA_STARTS gets a leading ``'`` and its
+    row is written with every text cell quoted; ``neutralised`` is told each such
+    cell's original text.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # Quotes every str cell, never an int or float: OWASP's "quote the cell".
+    quoting = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(READING_COLUMNS)
     for row in rows:
-        writer.writerow(row)
+        for cell in _text_cells(row):
+            if cell.startswith(FORMULA_STARTS):
+                quoting.writerow(_neutralised_row(row, neutralised))
+                break
+        else:
+            writer.writerow(row)
         # Hand lines on in small runs: the writer is fast, the buffer must stay small.
         if buffer.tell() > 65536:
             yield buffer.getvalue()
@@ -64,14 +93,52 @@ def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
     yield buffer.getvalue()
 
 
+def _neutralised_row(row: Sequence[Any], neutralised: Callable[[str], None] | None) -> list[Any]:
+    cells = list(row)
+    for i in TEXT_COLUMNS:
+        if cells[i].startswith(FORMULA_STARTS):
+            if neutralised is not None:
+                neutralised(cells[i])
+            cells[i] = "'" + cells[i]
+    return cells
+
+
+def counted_in(names: EscapedNames) -> Callable[[str], None]:
+    """A ``neutralised`` callback that counts and logs each text once in the collector's metrics."""
+    return lambda text: names.record(
+        "csv", text, "written with a leading ' so that no spreadsheet runs it as a formula")
+
+
 def jsonl_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
     for row in rows:
         yield json.dumps(dict(zip(READING_COLUMNS, row)), separators=(",", ":")) + "\n"
 
 
-def readings_csv(rows: list[dict[str, Any]]) -> str:
-    """`/api/readings` rows (dicts) as a CSV document."""
-    return "".join(csv_lines([[r[c] for c in READING_COLUMNS] for r in rows]))
+def readings_csv(rows: list[dict[str, Any]],
+                 neutralised: Callable[[str], None] | None = None) -> str:
+    """`/api/readings` rows (dicts) as a CSV document (see :func:`csv_lines`)."""
+    return "".join(csv_lines([[r[c] for c in READING_COLUMNS] for r in rows], neutralised))
+
+
+class NeutralisedCells:
+    """Counts the cells an export neutralised, for one line at the end."""
+
+    EXAMPLES = 3
+
+    def __init__(self) -> None:
+        self.cells = 0
+        self.texts: set[str] = set()
+
+    def __call__(self, text: str) -> None:
+        self.cells += 1
+        if len(self.texts) < 10_000:  # distinct texts, bounded
+            self.texts.add(text)
+
+    def __str__(self) -> str:
+        examples = ", ".join(ascii(t) for t in sorted(self.texts)[:self.EXAMPLES])
+        return (f"{self.cells} cells ({len(self.texts)} distinct texts, e.g. {examples}) began "
+                "with =, +, -, @, tab or CR and were written with a leading ' so that no "
+                "spreadsheet runs them as formulas")
 
 
 class Progress:
@@ -110,8 +177,12 @@ class Progress:
 
 
 def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
-           progress: IO[str] | None = None) -> int:
-    """Write every matching reading to ``out``; return how many were written."""
+           progress: IO[str] | None = None,
+           neutralised: Callable[[str], None] | None = None) -> int:
+    """Write every matching reading to ``out``; return how many were written.
+
+    ``neutralised``: told the text of each CSV cell that had a formula's start.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if "://" not in storage_url and not os.path.exists(storage_url):
@@ -136,7 +207,7 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
 
     try:
         rows = counted(storage.iter_readings(query))
-        for text in csv_lines(rows) if fmt == "csv" else jsonl_lines(rows):
+        for text in csv_lines(rows, neutralised) if fmt == "csv" else jsonl_lines(rows):
             out.write(text)
         out.flush()
     finally:
@@ -149,6 +220,7 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
 
 def main(args: Any, config_storage: str) -> int:
     """The `export` subcommand, given parsed arguments and the configured storage."""
+    formulas = NeutralisedCells()
     try:
         query = ReadingQuery(
             agent=args.agent,
@@ -157,13 +229,13 @@ def main(args: Any, config_storage: str) -> int:
         )
         progress = sys.stderr if sys.stderr.isatty() else None
         if args.out in (None, "-"):
-            export(config_storage, query, args.format, sys.stdout, progress)
+            export(config_storage, query, args.format, sys.stdout, progress, formulas)
         else:
             # Written aside and renamed when complete: a half export never looks whole.
             partial = args.out + ".part"
             try:
                 with open(partial, "w", encoding="utf-8", newline="") as out:
-                    export(config_storage, query, args.format, out, progress)
+                    export(config_storage, query, args.format, out, progress, formulas)
                 os.replace(partial, args.out)
             except OSError as e:
                 raise ExportError(f"cannot write {args.out}: {e.strerror or e}") from None
@@ -178,4 +250,6 @@ def main(args: Any, config_storage: str) -> int:
         # stdout at /dev/null so the flush at exit does not fail a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    if formulas.cells:
+        print(f"sensor-collector export: {formulas}", file=sys.stderr)
     return 0

@@ -14,13 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from sensor_edge.contract.protocol import Reading
 from sensor_edge.server.storage import Batch, Storage
-
-if TYPE_CHECKING:
-    from sensor_edge.server.outputs.metrics import CollectorMetrics
 
 log = logging.getLogger("sensor_edge.collector.batcher")
 
@@ -31,14 +27,18 @@ MAX_GROUP_ROWS = 50_000
 class Batcher:
     def __init__(self, storage: Storage, executor: ThreadPoolExecutor,
                  on_commit: Callable[[list[Batch], list[int], float], None] | None = None,
-                 metrics: CollectorMetrics | None = None):
+                 on_commit_failed: Callable[[], None] | None = None,
+                 on_conflicting: Callable[[int], None] | None = None):
         self._storage = storage
         self._executor = executor
         # Told of every commit (counters, the live feed, MQTT): it runs on the event
-        # loop between the commit and the acks, so a failure in it is contained here.
+        # loop between the commit and the acks, so a failure in it is contained here,
+        # and counted with on_commit_failed.
         self._on_commit = on_commit
-        self._metrics = metrics
+        self._on_commit_failed = on_commit_failed
         self._on_commit_failures = 0
+        # Told how many readings a commit's batches resent with other values.
+        self._on_conflicting = on_conflicting
         # (agent, epoch) -> batches seen resending readings with other values.
         self._conflicts: dict[tuple[str, str], int] = {}
         self._queue: asyncio.Queue[tuple[Batch, asyncio.Future[int]] | None] = asyncio.Queue()
@@ -131,8 +131,8 @@ class Batcher:
 
     def _conflicting(self, batch: Batch, found: list[tuple[Reading, Reading]]) -> None:
         """Count and log readings resent under a stored seq with other values."""
-        if self._metrics is not None:
-            self._metrics.readings_conflicting.inc(len(found))
+        if self._on_conflicting is not None:
+            self._on_conflicting(len(found))
         key = (batch.agent, batch.epoch)
         seen = self._conflicts[key] = self._conflicts.get(key, 0) + 1
         if seen == 1 or seen % 100 == 0:  # two machines on one buffer keep at it
@@ -149,8 +149,8 @@ class Batcher:
             self._on_commit(batches, added, seconds)
         except Exception:
             self._on_commit_failures += 1
-            if self._metrics is not None:
-                self._metrics.commit_hook_failures.inc()
+            if self._on_commit_failed is not None:
+                self._on_commit_failed()
             # Whole the first time; then a line now and then (it would repeat every commit).
             if self._on_commit_failures == 1:
                 log.exception("after a commit: a counter, the live feed or an output failed; "

@@ -16,7 +16,8 @@ from websockets.exceptions import ConnectionClosed
 
 from sensor_edge.contract import protocol
 from sensor_edge.server.ingest.limits import ReadingRate
-from sensor_edge.contract.protocol import Ack, AgentSession, Bye, Hello, ProtocolError, Readings, Status, Welcome
+from sensor_edge.contract.protocol import Ack, Bye, Hello, ProtocolError, Readings, Status, Welcome
+from sensor_edge.contract.session import CollectorSession
 from sensor_edge.server.storage import Batch
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ MAX_PENDING_BATCHES = 64
 
 async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str) -> None:
     limits = collector.config.limits
-    session = AgentSession(agent_id, max_frame_bytes=limits.max_frame_bytes,
+    session = CollectorSession(agent_id, max_frame_bytes=limits.max_frame_bytes,
                            max_batch_readings=limits.max_batch_readings)
     pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None] = asyncio.Queue(
         MAX_PENDING_BATCHES)

@@ -8,6 +8,7 @@ with nothing to clean up.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -26,8 +27,19 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from sensor_edge.server.ingest.agents import AgentRegistry
 
+log = logging.getLogger("sensor_edge.collector")
+
 # `_created` series double the output and no dashboard or alert uses them.
 disable_created_metrics()
+
+# The outputs that name things, as `sensor_edge_names_escaped_total{output=...}` counts them.
+NAME_OUTPUTS = {
+    "mqtt_topic": "MQTT topic level",
+    "home_assistant_id": "Home Assistant id",
+    "home_assistant_unit": "Home Assistant unit",
+    "csv": "CSV cell",
+    "prometheus_label": "Prometheus label",
+}
 
 
 class CollectorMetrics:
@@ -98,20 +110,58 @@ class CollectorMetrics:
         self.mqtt_pending = Gauge(
             "sensor_edge_mqtt_pending", "Stored readings queued or in flight to the MQTT broker",
             registry=r)
+        self.mqtt_publish_errors = Counter(
+            "sensor_edge_mqtt_publish_errors",
+            "MQTT publishes that raised or were refused by the client; the bridge goes on",
+            registry=r)
+        names_escaped = Counter(
+            "sensor_edge_names_escaped",
+            "Names an output could not carry as they are and escaped or mapped, each counted "
+            "once, by output", ["output"], registry=r)
+        self.escaped_names = EscapedNames(names_escaped)
 
     def watch_agents(self, agents: AgentRegistry) -> None:
         """Expose per-agent and per-sensor series from this registry."""
-        self.registry.register(AgentsCollector(agents))
+        self.registry.register(AgentsCollector(agents, self.escaped_names))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+class EscapedNames:
+    """Names an output could not carry as they are: each counted and logged once, not per use."""
+
+    # Names remembered as already counted; past this the memory starts afresh, so a
+    # flood of distinct names costs bounded memory (and an old name may be logged again).
+    REMEMBERED = 10_000
+
+    def __init__(self, counter: Counter):
+        self._counter = counter
+        self._seen: set[tuple[str, str]] = set()
+        for output in NAME_OUTPUTS:  # so every output's count shows, 0 included
+            counter.labels(output)
+
+    def record(self, output: str, name: str, what: str) -> None:
+        """Count and log ``name`` for ``output`` (a NAME_OUTPUTS key) unless already done.
+
+        ``what`` ends the log line: what was done instead, e.g. "escaped as 'a%2Bb'".
+        """
+        if (output, name) in self._seen:
+            return
+        if len(self._seen) >= self.REMEMBERED:
+            self._seen.clear()
+        self._seen.add((output, name))
+        self._counter.labels(output).inc()
+        log.warning("%s cannot carry the name %s as it is: %s", NAME_OUTPUTS[output],
+                    ascii(name), what)
+
+
 class AgentsCollector:
     """Per-agent series from the registry, and per-sensor ones from each agent's last status."""
 
-    def __init__(self, agents: AgentRegistry):
+    def __init__(self, agents: AgentRegistry, escaped: EscapedNames):
         self._agents = agents
+        self._escaped = escaped
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -167,7 +217,17 @@ class AgentsCollector:
                                     (failing, "consecutive_failures")):
                     value = counts.get(key)
                     if value is not None:
-                        family.add_metric([state.id, name], float(value))
+                        family.add_metric([state.id, self._label(name)], float(value))
         yield from (up, stale, seen, offset, backlog, oldest, dropped, uptime, reads, failures,
                     failing)
 
+    def _label(self, name: str) -> str:
+        """A label value the exposition can encode: prometheus_client escapes backslash,
+        quote and newline itself; only text that is not UTF-8 (lone surrogates) is left."""
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            escaped = name.encode("utf-8", "backslashreplace").decode("utf-8")
+            self._escaped.record("prometheus_label", name, f"escaped as {escaped!r}")
+            return escaped
+        return name

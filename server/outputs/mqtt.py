@@ -9,6 +9,12 @@ paho-mqtt runs the broker connection on its own network thread and reconnects
 with exponential backoff. Everything else here lives on the event loop; paho's
 callbacks hop over with ``call_soon_threadsafe``, so no state is shared
 between threads. Topics and payloads are documented in docs/home-assistant.md.
+
+Names come from the wire and may hold anything printable: a topic level gets them
+percent-encoded (:func:`topic_level`), Home Assistant ids get them through
+:mod:`.home_assistant`, and each name that had to change is counted and logged
+once. No name and no error of the client's ends the bridge: a publish that
+raises is counted, logged and skipped.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Sequence
-from importlib import metadata
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sensor_edge.config.model import MQTTConfig
+from sensor_edge.contract import __version__
 from sensor_edge.runtime.service import StartupError
+from sensor_edge.config import home_assistant as ha
 from sensor_edge.contract.protocol import Reading
 
 if TYPE_CHECKING:
@@ -54,18 +61,28 @@ ONLINE, OFFLINE = "online", "offline"
 # The collector's own availability topic is <prefix>/collector/availability.
 COLLECTOR_NODE = "collector"
 
-# Home Assistant's names for what the agents report. Metric names are the agent's
-# (agent/sensors.py); the collector learns only name, metric and unit from the wire.
-HA_UNITS = {"C": "°C", "F": "°F"}
-HA_SENSOR_CLASSES = {"temperature": "temperature", "humidity": "humidity",
-                     "pressure": "pressure", "illuminance": "illuminance"}
-# Digital inputs (1 active, 0 idle) are binary sensors; a button has no device class.
-HA_BINARY_CLASSES = {"motion": "motion", "pressed": None}
-_HA_ID = re.compile(r"[^A-Za-z0-9_-]")
+# Distinct client errors remembered as logged; a failing client logs each kind once.
+LOGGED_ERRORS = 100
+
+# What a topic level cannot carry: the wildcards, the level separator and NUL (paho
+# refuses them, or they would change the topic's shape); control characters and
+# lone surrogates (the spec and UTF-8 forbid them); and '%', the escape itself.
+_NOT_IN_TOPIC = re.compile(r"[+#/%\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def topic_level(name: str) -> str:
+    """A name as one MQTT topic level: each character a level cannot carry becomes '%'
+    and the hex of its UTF-8 bytes ('a+b' -> 'a%2Bb', '50%' -> '50%25'), so every
+    other name is unchanged and no two names share a level."""
+    return _NOT_IN_TOPIC.sub(_percent_encoded, name)
+
+
+def _percent_encoded(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
 
 
 def state_topic(prefix: str, agent: str, sensor: str, metric: str) -> str:
-    return f"{prefix}/{agent}/{sensor}/{metric}"
+    return f"{prefix}/{topic_level(agent)}/{topic_level(sensor)}/{topic_level(metric)}"
 
 
 def availability_topic(prefix: str, node: str) -> str:
@@ -80,10 +97,16 @@ def state_payload(epoch: str, row: Reading) -> str:
 
 
 def discovery_config(config: MQTTConfig, agent: str, version: str | None, sensor: str,
-                     metric: str, unit: str) -> tuple[str, dict[str, Any]]:
-    """Home Assistant's MQTT discovery message for one (agent, sensor, metric): topic, payload."""
-    node = _HA_ID.sub("_", agent)
-    obj = _HA_ID.sub("_", f"{sensor}_{metric}")
+                     metric: str, unit: str, object_id: str | None = None
+                     ) -> tuple[str, dict[str, Any]]:
+    """Home Assistant's MQTT discovery message for one (agent, sensor, metric): topic, payload.
+
+    ``object_id``: the one :class:`~.home_assistant.EntityIds` gave it (default: the
+    plain ``ha_id`` of sensor and metric, right while no other name meets it).
+    """
+    node = ha.ha_id(agent)
+    obj = object_id if object_id is not None else ha.ha_id(f"{sensor}_{metric}")
+    shown = ha.entity(metric, unit)
     payload: dict[str, Any] = {
         "name": f"{sensor} {metric}",
         # Independent of the prefixes, so re-pointing a collector keeps HA's entity history.
@@ -101,33 +124,22 @@ def discovery_config(config: MQTTConfig, agent: str, version: str | None, sensor
             "model": "Raspberry Pi sensor agent",
             **({"sw_version": version} if version else {}),
         },
-        "origin": {"name": "sensor-edge", "sw_version": _version()},
+        "origin": {"name": "sensor-edge", "sw_version": __version__},
     }
-    if metric in HA_BINARY_CLASSES:
-        component = "binary_sensor"
+    if shown.component == ha.BINARY_SENSOR:
         payload["value_template"] = "{{ 'ON' if value_json.value > 0 else 'OFF' }}"
-        device_class = HA_BINARY_CLASSES[metric]
     else:
-        component = "sensor"
         payload["value_template"] = "{{ value_json.value }}"
         payload["state_class"] = "measurement"
-        if unit:
-            payload["unit_of_measurement"] = HA_UNITS.get(unit, unit)
-        device_class = HA_SENSOR_CLASSES.get(metric)
-    if device_class:
-        payload["device_class"] = device_class
-    return f"{config.discovery_prefix}/{component}/{node}/{obj}/config", payload
-
-
-def _version() -> str:
-    try:
-        return metadata.version("sensor-edge")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+        if shown.unit:
+            payload["unit_of_measurement"] = shown.unit
+    if shown.device_class:
+        payload["device_class"] = shown.device_class
+    return f"{config.discovery_prefix}/{shown.component}/{node}/{obj}/config", payload
 
 
 def _check_topic_prefix(source: str, key: str, value: str) -> None:
-    # The loader's NAME_PATTERN already keeps agent and sensor names topic-safe.
+    # Names below the prefixes are escaped by topic_level(); the prefixes are the operator's.
     if not value or value != value.strip("/") or any(c in value for c in "+#\0"):
         raise StartupError(f"{source}: mqtt.{key}: {value!r} is not a usable MQTT topic prefix "
                            "(no '+', '#', or leading or trailing '/')")
@@ -158,12 +170,16 @@ class MQTTBridge:
         self._connected = asyncio.Event()
         # (agent, sensor, metric) -> unit, for every sensor seen since start: re-announced
         # on each connect, so a broker that lost its retained messages gets them back.
-        self._seen: dict[tuple[str, str, str], str] = {}
+        self._seen: dict[ha.Key, str] = {}
+        self._entity_ids = ha.EntityIds()
+        self._errors_logged: set[str] = set()
         self._agents: AgentRegistry | None = None
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False  # log a broker outage once, not on every retry
+        # Called on each connect, on the loop: other stages' retained topics (alerts).
+        self.on_connected: list[Callable[[], None]] = []
         self._stopping = False
         metrics.mqtt_pending.set_function(lambda: self._queue.qsize() + self._holding
                                           + len(self._in_flight))
@@ -201,6 +217,17 @@ class MQTTBridge:
 
     def stored(self, batches: Sequence[Batch], added: Sequence[int]) -> None:
         """Queue what one commit stored; runs on the event loop and never blocks."""
+        new: dict[ha.Key, str] = {}
+        for batch, count in zip(batches, added):
+            for row in batch.new_rows(count):
+                key = (batch.agent, row[1], row[2])
+                if key not in self._seen and key not in new:
+                    new[key] = row[4]
+        if new:
+            try:
+                self._learn(new)
+            except Exception as e:  # this runs in the batcher's commit callback: never raise
+                self._publish_failed(e)
         for batch, count in zip(batches, added):
             rows = batch.new_rows(count)
             for i, row in enumerate(rows):
@@ -209,6 +236,13 @@ class MQTTBridge:
                 except asyncio.QueueFull:
                     self.metrics.mqtt_dropped.inc(len(rows) - i)
                     break
+
+    def publish(self, topic: str, payload: str) -> bool:
+        """Publish a retained message now if connected (False: not connected)."""
+        if not self._connected.is_set():
+            return False
+        self._client.publish(topic, payload, qos=self.config.qos, retain=True)
+        return True
 
     def agent_presence(self, state: AgentState, online: bool) -> None:
         """An agent's first connection opened (online) or its last one closed (offline)."""
@@ -231,21 +265,28 @@ class MQTTBridge:
             await asyncio.sleep(0.02)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception as e:  # it catches its own errors; this is the last net
+                log.error("the MQTT publisher had stopped: %s", e)
         lost = self._queue.qsize() + self._holding + len(self._in_flight)
         if lost:
             self.metrics.mqtt_unpublished.inc(lost)
             log.warning("%d stored readings were not published to MQTT", lost)
         if self._connected.is_set():
             # A clean disconnect does not fire the last will, so say it ourselves.
-            info = self._client.publish(availability_topic(self.config.prefix, COLLECTOR_NODE),
-                                        OFFLINE, qos=self.config.qos, retain=True)
+            info = self._publish(availability_topic(self.config.prefix, COLLECTOR_NODE),
+                                 OFFLINE)
             deadline = loop.time() + 0.5
-            while not info.is_published() and loop.time() < deadline:
+            while info is not None and not info.is_published() and loop.time() < deadline:
                 await asyncio.sleep(0.01)
         self._stopping = True
-        self._client.disconnect()
+        try:
+            self._client.disconnect()
+        except Exception as e:
+            self._publish_failed(e)
         # loop_stop() joins paho's thread, which may sit in a TCP connect: never wait long.
         done = asyncio.Event()
         threading.Thread(target=lambda: (self._client.loop_stop(),
@@ -270,27 +311,89 @@ class MQTTBridge:
             self._holding = 1
             await self._connected.wait()
             await self._window.acquire()
-            _seq, sensor, metric, _value, unit, _ts = row
-            if (agent, sensor, metric) not in self._seen:
-                self._seen[(agent, sensor, metric)] = unit
-                self._announce(agent, sensor, metric, unit)
-            info = self._client.publish(state_topic(self.config.prefix, agent, sensor, metric),
-                                        state_payload(epoch, row), qos=qos, retain=True)
             self._holding = 0
-            if info.rc == ok or (info.rc == queued and qos > 0):
+            _seq, sensor, metric, _value, _unit, _ts = row
+            try:
+                info = self._publish(state_topic(self.config.prefix, agent, sensor, metric),
+                                     state_payload(epoch, row))
+            except Exception as e:  # nothing one reading holds may end the publisher
+                self._publish_failed(e)
+                info = None
+            if info is not None and (info.rc == ok or (info.rc == queued and qos > 0)):
                 self._in_flight.add(info.mid)
             else:
                 self._window.release()
                 self.metrics.mqtt_unpublished.inc()
 
+    def _publish(self, topic: str, payload: str) -> Any:
+        """Hand one retained message to paho; its MQTTMessageInfo, or None if paho raised."""
+        try:
+            return self._client.publish(topic, payload, qos=self.config.qos, retain=True)
+        except Exception as e:
+            self._publish_failed(e)
+            return None
+
+    def _publish_failed(self, error: Exception) -> None:
+        # Whatever raises (paho, or a bug of ours) costs that one message, no more.
+        self.metrics.mqtt_publish_errors.inc()
+        text = f"{type(error).__name__}: {error}"
+        if text not in self._errors_logged:
+            if len(self._errors_logged) >= LOGGED_ERRORS:
+                self._errors_logged.clear()
+            self._errors_logged.add(text)
+            log.error("an MQTT message was not published (%s); the bridge goes on. Each such "
+                      "error is logged once and counted in sensor_edge_mqtt_publish_errors_total",
+                      text)
+
+    def _learn(self, new: dict[ha.Key, str]) -> None:
+        """Names first stored now (key -> unit): give them ids, say what had to change,
+        announce them. All of one commit at once, so names that meet in Home Assistant
+        ids are told apart before the first of their configs goes out."""
+        escaped = self.metrics.escaped_names
+        changed: dict[ha.Key, str | None] = {}  # key -> its object id before this commit
+        for key, unit in new.items():
+            self._seen[key] = unit
+            for name in key:
+                level = topic_level(name)
+                if level != name:
+                    escaped.record("mqtt_topic", name, f"published as topic level {level!r}")
+            if ha.entity(key[2], unit).unit_refused:
+                escaped.record("home_assistant_unit", f"{key[2]} [{unit}]",
+                               f"not a unit Home Assistant knows for {key[2]}: announced "
+                               "without a device class")
+            for other, old_id in self._entity_ids.add(key).items():
+                changed.setdefault(other, old_id)
+        for key in changed:
+            if self._entity_ids.disambiguated(key):
+                escaped.record("home_assistant_id", "/".join(key),
+                               "would share a Home Assistant id with another name; its "
+                               f"unique_id is {self._entity_ids.unique_id(key)!r}")
+        if not self._connected.is_set():
+            return  # announced on (re)connect
+        for key, old_id in changed.items():
+            if old_id == self._entity_ids.object_id(key):
+                continue
+            if old_id is not None:
+                self._retire(key, old_id)
+            self._announce(*key, self._seen[key])
+
+    def _retire(self, key: ha.Key, old_id: str) -> None:
+        """Clear a discovery config left at an id that no other name has taken."""
+        agent, _sensor, metric = key
+        owner = self._entity_ids.owner(agent, old_id)
+        component = ha.entity(metric, self._seen[key]).component
+        if owner is None or ha.entity(owner[2], self._seen[owner]).component != component:
+            self._publish(f"{self.config.discovery_prefix}/{component}/{ha.ha_id(agent)}/"
+                          f"{old_id}/config", "")
+
     def _announce(self, agent: str, sensor: str, metric: str, unit: str) -> None:
         version = self._agents.get(agent).version if self._agents else None
-        topic, payload = discovery_config(self.config, agent, version, sensor, metric, unit)
-        self._client.publish(topic, json.dumps(payload), qos=self.config.qos, retain=True)
+        topic, payload = discovery_config(self.config, agent, version, sensor, metric, unit,
+                                          self._entity_ids.object_id((agent, sensor, metric)))
+        self._publish(topic, json.dumps(payload))
 
     def _publish_availability(self, node: str, online: bool) -> None:
-        self._client.publish(availability_topic(self.config.prefix, node),
-                             ONLINE if online else OFFLINE, qos=self.config.qos, retain=True)
+        self._publish(availability_topic(self.config.prefix, node), ONLINE if online else OFFLINE)
 
     def _connected_now(self) -> None:
         c = self.config
@@ -307,6 +410,8 @@ class MQTTBridge:
         for state in self._agents.all() if self._agents else ():
             self._publish_availability(state.id, state.connections > 0)
         self._announce_all()
+        for hook in self.on_connected:
+            hook()
 
     def _announce_all(self) -> None:
         if self._connected.is_set():

@@ -89,6 +89,16 @@ class Storage(Protocol):
         is kept, so an agent is never asked to resend an expired reading.
         """
 
+    def alert_states(self) -> list[tuple]:
+        """Every stored alert series (server/storage/alert_state.py)."""
+
+    def alert_transition(self, key: tuple[str, str, str, str], old: str, new: str,
+                         since: float, value: float | None, notified: bool) -> bool:
+        """Compare-and-set an alert series from ``old`` to ``new``; whether this call won."""
+
+    def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
+        """Every receiver has that transition's notification."""
+
     def close(self) -> None: ...
 
 

@@ -22,7 +22,14 @@ from typing import Any
 
 from sensor_edge.runtime.service import StartupError
 from sensor_edge.contract.protocol import Reading
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, differing, safe_url
+from sensor_edge.server.storage import (
+    READING_COLUMNS,
+    Batch,
+    ReadingQuery,
+    alert_state,
+    differing,
+    safe_url,
+)
 from sensor_edge.server.storage.sqlite import _STORED_ROWS, EXPIRED, _filters
 
 log = logging.getLogger("sensor_edge.collector.storage")
@@ -79,9 +86,22 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             readings BIGINT NOT NULL
         )""",
     )),
+    (2, "alert states (server/storage/alert_state.py)", (
+        """CREATE TABLE alert_state (
+            rule TEXT COLLATE "C" NOT NULL,
+            agent TEXT COLLATE "C" NOT NULL,
+            sensor TEXT COLLATE "C" NOT NULL,
+            metric TEXT COLLATE "C" NOT NULL,
+            state TEXT NOT NULL,
+            since DOUBLE PRECISION NOT NULL,
+            value DOUBLE PRECISION,
+            notified INTEGER NOT NULL,
+            PRIMARY KEY (rule, agent, sensor, metric)
+        )""",
+    )),
     # When the collector stored each reading (its own clock): retention keys on it
     # too. NULL in rows stored before, which expire by ts alone.
-    (2, "readings.received", (
+    (3, "readings.received", (
         "ALTER TABLE readings ADD COLUMN received DOUBLE PRECISION",
     )),
 )
@@ -307,6 +327,21 @@ class PostgresStorage:
         with self._pool.connection() as db:
             rows = db.execute("SELECT id, last_seen, readings FROM agents ORDER BY id").fetchall()
         return [{"id": r[0], "last_seen": r[1], "readings": r[2]} for r in rows]
+
+    def alert_states(self) -> list[tuple]:
+        with self._pool.connection() as db:
+            return alert_state.load(db)
+
+    def alert_transition(self, key: tuple[str, str, str, str], old: str, new: str,
+                         since: float, value: float | None, notified: bool) -> bool:
+        # READ COMMITTED: a second collector's UPDATE waits for the first's row lock,
+        # then finds the state changed and updates nothing.
+        with self._pool.connection() as db, db.transaction():
+            return alert_state.transition(db, "%s", key, old, new, since, value, notified)
+
+    def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
+        with self._pool.connection() as db:
+            alert_state.mark_notified(db, "%s", key, state, since)
 
     def close(self) -> None:
         self._pool.close()

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from sensor_edge.contract.protocol import Reading
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, differing
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, alert_state, differing
 
-# 2: readings.received (retention keys on it too), added to a version 1 file on open.
-SCHEMA_VERSION = 2
+# 2: alert_state. 3: readings.received (retention keys on it too), added to an
+# older file on open.
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
@@ -23,7 +24,7 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     unit TEXT NOT NULL,
     ts REAL NOT NULL,
-    -- when the collector stored it (its own clock); NULL in rows from version 1
+    -- version 3: when the collector stored it (its own clock); NULL in older rows
     received REAL,
     PRIMARY KEY (agent, epoch, seq)
 );
@@ -41,6 +42,18 @@ CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL,
     readings INTEGER NOT NULL
+);
+-- Version 2: alert states (server/storage/alert_state.py).
+CREATE TABLE IF NOT EXISTS alert_state (
+    rule TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    value REAL,
+    notified INTEGER NOT NULL,
+    PRIMARY KEY (rule, agent, sensor, metric)
 );
 """
 
@@ -63,7 +76,7 @@ class SQLiteStorage:
         with db:
             db.executescript(SCHEMA)
             columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
-            if "received" not in columns:  # a version 1 file
+            if "received" not in columns:  # a file from before version 3
                 db.execute("ALTER TABLE readings ADD COLUMN received REAL")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -173,6 +186,24 @@ class SQLiteStorage:
             "SELECT id, last_seen, readings FROM agents ORDER BY id"
         ).fetchall()
         return [{"id": r[0], "last_seen": r[1], "readings": r[2]} for r in rows]
+
+    def alert_states(self) -> list[tuple]:
+        return alert_state.load(self._connection())
+
+    def alert_transition(self, key: tuple[str, str, str, str], old: str, new: str,
+                         since: float, value: float | None, notified: bool) -> bool:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            won = alert_state.transition(db, "?", key, old, new, since, value, notified)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return won
+
+    def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
+        alert_state.mark_notified(self._connection(), "?", key, state, since)
 
     def close(self) -> None:
         with self._lock:

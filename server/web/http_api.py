@@ -21,7 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from sensor_edge.server.web import dashboard
-from sensor_edge.server.commands.export import readings_csv
+from sensor_edge.server.commands.export import counted_in, readings_csv
 from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
 from sensor_edge.contract.protocol import STREAM_PATH
 from sensor_edge.server.storage import ReadingQuery
@@ -149,6 +149,8 @@ async def route(collector: Collector, connection: ServerConnection,
             return respond(200, collector.metrics.render(), collector.metrics.content_type)
         if path == "/api/agents":
             return respond_json(200, {"agents": collector.agents.as_json()})
+        if path == "/api/alerts":
+            return respond_json(200, {"alerts": collector.alerts.as_json()})
         if path == "/api/readings":
             query = reading_query(parse_qs(url.query, keep_blank_values=False))
             rows = await collector.read(collector.storage.readings, query)
@@ -156,7 +158,8 @@ async def route(collector: Collector, connection: ServerConnection,
         if path == "/api/readings.csv":
             query = reading_query(parse_qs(url.query, keep_blank_values=False))
             rows = await collector.read(collector.storage.readings, query)
-            response = respond(200, readings_csv(rows), "text/csv; charset=utf-8")
+            csv_text = readings_csv(rows, counted_in(collector.metrics.escaped_names))
+            response = respond(200, csv_text, "text/csv; charset=utf-8")
             response.headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
             return response
         asset = dashboard.asset(path)

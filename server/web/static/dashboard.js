@@ -270,6 +270,22 @@
     for (const c of agents.values()) for (const t of c.tiles.values()) fn(t);
   }
 
+  // ---- firing alerts, at the top ------------------------------------------
+  const alertsBox = document.getElementById("alerts");
+  async function loadAlerts() {
+    const firing = (await getJSON("/api/alerts")).alerts.filter((a) => a.state === "firing");
+    alertsBox.replaceChildren(...firing.map((a) => {
+      const row = el("div", "alert");
+      row.dataset.alert = a.name;
+      const what = a.sensor ? `${a.agent} ${a.sensor} ${a.metric} = ${number(a.value, 2)}`
+        : `${a.agent} silent for ${duration(a.value)}`;
+      row.append(el("strong", null, a.name), " firing: " + what,
+                 el("span", "since", "since " + ago(a.since)));
+      return row;
+    }));
+    alertsBox.hidden = firing.length === 0;
+  }
+
   // ---- history and the live feed ----------------------------------------
   async function getJSON(path) {
     const response = await fetch(path, { cache: "no-store" });
@@ -297,6 +313,7 @@
       link.textContent = "live";
       link.className = "link up";
       document.body.dataset.live = "true";
+      loadAlerts().catch((e) => console.warn("alerts:", e));
       try {
         await loadHistory();
       } catch (e) {
@@ -364,6 +381,7 @@
     });
     for (const c of agents.values()) drawHealth(c);
     schedule();
+    loadAlerts().catch((e) => console.warn("alerts:", e));
   }, 5000);
 
   new ResizeObserver(() => everyTile((t) => {
