@@ -6,13 +6,16 @@ What the config loader and the MQTT bridge share:
   metric in a unit (the facts are the metric table in :mod:`.sensor_types`);
 - :func:`ha_id`: how a name becomes part of a discovery topic or a ``unique_id``
   (the loader refuses agent ids that would meet);
-- :class:`EntityIds`: distinct, stable ids for names that ``ha_id`` would merge.
+- :class:`EntityIds`: distinct ids for names that ``ha_id`` would merge, the first
+  seen keeping its id for good (the bridge stores them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from sensor_edge.config.sensor_types import BINARY_SENSOR, METRICS, SENSOR
@@ -57,27 +60,32 @@ def ha_id(name: str) -> str:
 
 # (agent, sensor, metric)
 Key = tuple[str, str, str]
+# (agent, sensor, metric, object_id, unique_id): one name's id, as storage keeps it.
+Assignment = tuple[str, str, str, str, str]
+# Hex digits of the SHA-256 a hashed object id ends in, tried in turn.
 HASH_LENGTHS = (8, 16, 64)
 
 
 class EntityIds:
-    """The object id of every (agent, sensor, metric) seen, distinct and stable.
+    """The object id of every (agent, sensor, metric) known: the first seen keeps its id.
 
     An entity's ``unique_id`` is ``sensor_edge_<ha_id(agent)>_<object id>`` and its
-    discovery topic ends in ``<ha_id(agent)>/<object id>/config``. The object id is
-    ``ha_id(sensor + "_" + metric)``, as it always was, unless another name known
-    here gives the same ``unique_id``: of the names that meet, the one with the
-    fewest characters ``ha_id`` had to replace keeps it (ties: the first in code-point
-    order of agent, sensor, metric), and each other one gets ``_`` and the first 8
-    hex digits of the SHA-256 of its raw names. So the outcome depends only on
-    which names are known, never on the order they came in.
+    discovery topic ends in ``<ha_id(agent)>/<object id>/config``. A name's object id
+    is ``ha_id(sensor + "_" + metric)`` unless that ``unique_id`` is already held, by
+    a name seen earlier; then ``_`` and the first 8 hex digits of the SHA-256 of its
+    raw names are added (16, then 64, then a counter, should those be held too).
+    Once given, an id never changes: Home Assistant keeps an entity's history under
+    its ``unique_id``.
+
+    Pure: the assignments come from storage (:meth:`learn`) and the new ones this
+    proposes are only the bridge's claims until storage has them, since another
+    collector on the same database may have given that name or that id first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, assignments: Iterable[Assignment] = ()) -> None:
         self._ids: dict[Key, str] = {}  # key -> object id
-        self._owners: dict[str, Key] = {}  # unique_id -> key
-        # plain unique_id -> every key it stands for, the one that keeps it first
-        self._meeting: dict[str, list[Key]] = {}
+        self._holders: dict[str, Key] = {}  # unique_id -> key
+        self.learn(assignments)
 
     def __contains__(self, key: Key) -> bool:
         return key in self._ids
@@ -86,40 +94,44 @@ class EntityIds:
         return self._ids[key]
 
     def unique_id(self, key: Key) -> str:
-        return _unique_id(key[0], self._ids[key])
+        return unique_id(key[0], self._ids[key])
 
     def disambiguated(self, key: Key) -> bool:
-        """True if the key's object id carries a hash, because another name meets it."""
+        """True if the key's object id carries a hash: another name had its plain one."""
         return self._ids[key] != _plain_object_id(key)
 
-    def owner(self, agent: str, object_id: str) -> Key | None:
-        """The key whose discovery topic is this agent's ``object_id`` now, if any."""
-        key = self._owners.get(_unique_id(agent, object_id))
-        if key is None or ha_id(key[0]) != ha_id(agent) or self._ids[key] != object_id:
-            return None  # free, or that unique_id is another agent's different topic
-        return key
+    def learn(self, assignments: Iterable[Assignment]) -> None:
+        """Take ids storage holds (given by this collector or another) as final."""
+        for agent, sensor, metric, object_id, _unique_id in assignments:
+            key = (agent, sensor, metric)
+            known = self._ids.get(key)
+            if known is not None and known != object_id:
+                raise ValueError(f"{key} is stored with two object ids: {known!r}, "
+                                 f"{object_id!r}")
+            self._ids[key] = object_id
+            self._holders[unique_id(agent, object_id)] = key
 
-    def add(self, key: Key) -> dict[Key, str | None]:
-        """Learn a key; return every key whose object id is new or changed, with its old one."""
-        if key in self._ids:
-            return {}
-        meeting = self._meeting.setdefault(_unique_id(key[0], _plain_object_id(key)), [])
-        meeting.append(key)
-        meeting.sort(key=_precedence)
-        before = {k: self._ids.get(k) for k in meeting}
-        for k in meeting:
-            old = self._ids.pop(k, None)
-            if old is not None:
-                del self._owners[_unique_id(k[0], old)]
-        for rank, k in enumerate(meeting):
-            plain = _plain_object_id(k)
-            candidates = [plain] if rank == 0 else []
-            candidates += [f"{plain}_{_digest(k)[:n]}" for n in HASH_LENGTHS]
-            # A name made to equal another's hashed id pushes it to a longer hash.
-            chosen = next(c for c in candidates if _unique_id(k[0], c) not in self._owners)
-            self._ids[k] = chosen
-            self._owners[_unique_id(k[0], chosen)] = k
-        return {k: old for k, old in before.items() if old != self._ids[k]}
+    def propose(self, keys: Iterable[Key]) -> list[Assignment]:
+        """An id for each key not known yet, in order: the first of its candidates whose
+        ``unique_id`` is neither held nor proposed for an earlier key here."""
+        proposed: list[Assignment] = []
+        taken: set[str] = set()
+        for key in dict.fromkeys(keys):
+            if key in self._ids:
+                continue
+            for candidate in _candidates(key):
+                uid = unique_id(key[0], candidate)
+                if uid not in self._holders and uid not in taken:
+                    taken.add(uid)
+                    proposed.append((*key, candidate, uid))
+                    break
+        return proposed
+
+
+def unique_id(agent: str, object_id: str) -> str:
+    """The ``unique_id`` of an agent's entity with this object id."""
+    # Independent of the topic prefixes, so re-pointing a collector keeps HA's entity history.
+    return f"sensor_edge_{ha_id(agent)}_{object_id}"
 
 
 def _plain_object_id(key: Key) -> str:
@@ -127,14 +139,16 @@ def _plain_object_id(key: Key) -> str:
     return ha_id(f"{sensor}_{metric}")
 
 
-def _unique_id(agent: str, object_id: str) -> str:
-    # Independent of the topic prefixes, so re-pointing a collector keeps HA's entity history.
-    return f"sensor_edge_{ha_id(agent)}_{object_id}"
-
-
-def _precedence(key: Key) -> tuple[int, Key]:
-    replaced = sum(len(_NOT_IN_ID.findall(part)) for part in key)
-    return replaced, key
+def _candidates(key: Key) -> Iterator[str]:
+    """A key's object ids in order of preference; endless, so a name never runs out even
+    when others took (or were made to take) its first choices."""
+    plain = _plain_object_id(key)
+    digest = _digest(key)
+    yield plain
+    for n in HASH_LENGTHS:
+        yield f"{plain}_{digest[:n]}"
+    for n in itertools.count(2):
+        yield f"{plain}_{digest}_{n}"
 
 
 def _digest(key: Key) -> str:

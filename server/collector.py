@@ -72,7 +72,7 @@ class Collector:
         self.live = LiveFeed(self.agents, self.metrics)
         self.live.start()
         if self.mqtt is not None:
-            self.mqtt.start(self.agents)
+            await self.mqtt.start(self.agents, self.storage, self._writer)
         await self.alerts.start(self.storage, self._writer, self.read, self.agents, self.mqtt)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed,
                                on_commit_failed=self.metrics.commit_hook_failures.inc,

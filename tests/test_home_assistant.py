@@ -1,4 +1,5 @@
-"""What Home Assistant is told: every unit is one it accepts, every name gets its own id.
+"""What Home Assistant is told: every unit is one it accepts, every name gets its own id,
+and keeps it (the first seen keeping the plain one).
 
 The accepted units below are copied from Home Assistant's own source, so the
 check does not trust our reading of its documentation:
@@ -15,10 +16,12 @@ Only the device classes a sensor-edge metric uses or may soon use are copied.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +30,10 @@ from sensor_edge.agent.sensors import open_sensor
 from sensor_edge.config.model import MQTTConfig, SensorConfig
 from sensor_edge.config.home_assistant import EntityIds, entity, ha_id
 from sensor_edge.config.sensor_types import METRICS
-from sensor_edge.server.outputs.mqtt import discovery_config, topic_level
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.server.outputs.metrics import CollectorMetrics
+from sensor_edge.server.outputs.mqtt import CLAIM_ROUNDS, MQTTBridge, discovery_config, topic_level
+from sensor_edge.server.storage.sqlite import SQLiteStorage
 
 # sensor/const.py DEVICE_CLASS_UNITS (excerpt), enums resolved.
 DEVICE_CLASS_UNITS = {
@@ -133,51 +139,116 @@ def test_topic_levels_escape_only_what_a_level_cannot_carry():
 
 # Names as a hostile or unlucky agent sends them: few letters, many ways to meet.
 NAMES = st.text(alphabet="ab._/+", min_size=1, max_size=4)
-KEYS = st.lists(st.tuples(st.sampled_from(["pi", "pi_a", "pi.a"]), NAMES,
-                          st.sampled_from(["t", "a_t", "m.t"])), unique=True, max_size=25)
+KEY = st.tuples(st.sampled_from(["pi", "pi_a", "pi.a"]), NAMES,
+                st.sampled_from(["t", "a_t", "m.t"]))
+# What two collectors on one database do: see one commit's new names, or restart.
+EVENT = st.tuples(st.sampled_from([0, 1]),
+                  st.one_of(st.just("restart"), st.lists(KEY, min_size=1, max_size=3)))
+
+
+def see(ids: EntityIds, storage: SQLiteStorage, keys: list) -> None:
+    """What the bridge does with one commit's new names: claim ids until each has one."""
+    for _ in range(CLAIM_ROUNDS):
+        proposals = ids.propose(keys)
+        if not proposals:
+            return
+        ids.learn(storage.claim_ha_entity_ids(proposals))
+    raise AssertionError(f"{keys} still without ids after {CLAIM_ROUNDS} rounds")
+
+
+def plain_unique_id(key) -> str:
+    agent, sensor, metric = key
+    return f"sensor_edge_{ha_id(agent)}_{ha_id(f'{sensor}_{metric}')}"
 
 
 @settings(max_examples=300, deadline=None)
-@given(KEYS, st.randoms(use_true_random=False))
-def test_entity_ids_are_distinct_and_do_not_depend_on_the_order_names_came_in(keys, rng):
-    ids = EntityIds()
-    for key in keys:
-        ids.add(key)
-    shuffled = EntityIds()
-    for key in rng.sample(keys, len(keys)):
-        shuffled.add(key)
-    unique = {key: ids.unique_id(key) for key in keys}
-    assert len(set(unique.values())) == len(keys)
-    assert {key: shuffled.unique_id(key) for key in keys} == unique
-    for key in keys:
-        agent, sensor, metric = key
-        plain = f"sensor_edge_{ha_id(agent)}_{ha_id(f'{sensor}_{metric}')}"
-        meets = [k for k in keys if k != key and
-                 f"sensor_edge_{ha_id(k[0])}_{ha_id(f'{k[1]}_{k[2]}')}" == plain]
-        if not meets:  # a name nothing meets keeps the id it always had
-            assert unique[key] == plain
-        else:
-            assert re.fullmatch(re.escape(plain) + r"(_[0-9a-f]{8,64})?", unique[key])
-        assert ids.disambiguated(key) == (unique[key] != plain)
+@given(st.lists(EVENT, max_size=20))
+def test_the_first_name_seen_keeps_its_id_for_good_across_restarts_and_collectors(events):
+    storage = SQLiteStorage(":memory:")  # the real table and claims, in memory
+    try:
+        collectors = [EntityIds(), EntityIds()]
+        given: dict = {}  # key -> the unique_id it got first, from whichever collector
+        for collector, action in events:
+            if action == "restart":  # all it knows is what storage holds
+                collectors[collector] = EntityIds(storage.ha_entity_ids())
+                keys = list(given)
+            else:
+                held_before = set(given.values())
+                see(collectors[collector], storage, action)
+                for key in action:
+                    uid = collectors[collector].unique_id(key)
+                    if key not in given:
+                        plain = plain_unique_id(key)
+                        # The plain id when no name seen before holds it, else a hashed one.
+                        if plain not in held_before:
+                            assert uid == plain
+                        else:
+                            assert re.fullmatch(re.escape(plain) + r"_[0-9a-f]{8,64}(_\d+)?",
+                                                uid), (key, uid)
+                        given[key] = uid
+                        held_before.add(uid)
+                keys = action
+            ids = collectors[collector]
+            for key in keys:  # once given, kept: whichever collector asks, whenever
+                assert ids.unique_id(key) == given[key], key
+                assert ids.disambiguated(key) == (given[key] != plain_unique_id(key))
+            assert len(set(given.values())) == len(given)  # distinct
+    finally:
+        storage.close()
 
 
-def test_adding_a_name_reports_whose_id_moved():
+def test_a_name_that_meets_one_seen_before_gets_a_hashed_id_and_neither_moves(tmp_path):
+    path = str(tmp_path / "ids.db")
+    storage = SQLiteStorage(path)
+    ids = EntityIds(storage.ha_entity_ids())
+    see(ids, storage, [("pi", "a.b", "t")])
+    assert ids.object_id(("pi", "a.b", "t")) == "a_b_t"  # alone: the plain id
+    see(ids, storage, [("pi", "a_b", "t")])
+    assert ids.object_id(("pi", "a.b", "t")) == "a_b_t"  # seen first: kept
+    assert re.fullmatch(r"a_b_t_[0-9a-f]{8}", ids.object_id(("pi", "a_b", "t")))
+    assert ids.disambiguated(("pi", "a_b", "t")) and not ids.disambiguated(("pi", "a.b", "t"))
+    # Two agents' unique_ids may meet while their discovery topics differ: still one each.
+    see(ids, storage, [("pi_a", "b", "t")])
+    assert ids.unique_id(("pi_a", "b", "t")) != ids.unique_id(("pi", "a_b", "t"))
+    assert ids.unique_id(("pi_a", "b", "t")).startswith("sensor_edge_pi_a_b_t_")
+    storage.close()
+
+    # Restarted, the names coming in the reverse order: nothing moves.
+    before = {key: ids.object_id(key) for key in [("pi", "a.b", "t"), ("pi", "a_b", "t"),
+                                                  ("pi_a", "b", "t")]}
+    storage = SQLiteStorage(path)
+    again = EntityIds(storage.ha_entity_ids())
+    see(again, storage, list(reversed(before)))
+    assert {key: again.object_id(key) for key in before} == before
+    assert again.propose(before) == []
+    storage.close()
+
+
+def test_names_made_to_take_every_hashed_id_of_another_still_leave_it_one():
+    storage = SQLiteStorage(":memory:")
+    victim = ("pi", "a.b", "t")
+    plain = "a_b_t"
+    # A hostile agent sends, first, names whose plain ids are the victim's first choices.
+    digest = hashlib.sha256("pi\0a.b\0t".encode()).hexdigest()
+    squatters = [("pi", "a_b", "t"), *[("pi", "a_b", f"t_{digest[:n]}") for n in (8, 16, 64)]]
     ids = EntityIds()
-    assert ids.add(("pi", "a.b", "t")) == {("pi", "a.b", "t"): None}
-    assert ids.object_id(("pi", "a.b", "t")) == "a_b_t"
-    # a_b needs nothing replaced, so it keeps the plain id; a.b moves to a hashed one.
-    moved = ids.add(("pi", "a_b", "t"))
-    assert moved == {("pi", "a_b", "t"): None, ("pi", "a.b", "t"): "a_b_t"}
-    assert ids.object_id(("pi", "a_b", "t")) == "a_b_t"
-    assert re.fullmatch(r"a_b_t_[0-9a-f]{8}", ids.object_id(("pi", "a.b", "t")))
-    assert ids.owner("pi", "a_b_t") == ("pi", "a_b", "t")
-    assert ids.add(("pi", "a_b", "t")) == {}
-    # Two agents' unique_ids may meet while their discovery topics differ: the topic the
-    # loser leaves is free (its old config is cleared), though the unique_id is taken.
-    assert ids.add(("pi_a", "b", "t")) == {("pi_a", "b", "t"): None}
-    assert ids.unique_id(("pi", "a_b", "t")) == "sensor_edge_pi_a_b_t"
-    assert re.fullmatch(r"b_t_[0-9a-f]{8}", ids.object_id(("pi_a", "b", "t")))
-    assert ids.owner("pi_a", "b_t") is None
+    see(ids, storage, squatters)
+    assert [ids.object_id(k) for k in squatters[1:]] == [f"{plain}_{digest[:n]}"
+                                                           for n in (8, 16, 64)]
+    see(ids, storage, [victim])
+    assert ids.object_id(victim) == f"{plain}_{digest}_2"
+    assert len({ids.unique_id(k) for k in [*squatters, victim]}) == 5
+    storage.close()
+
+
+def test_proposals_in_one_commit_do_not_take_each_others_ids():
+    ids = EntityIds([("pi", "a.b", "t", "a_b_t", "sensor_edge_pi_a_b_t")])
+    proposals = ids.propose([("pi", "a.b", "t"), ("pi", "x.y", "t"), ("pi", "x_y", "t"),
+                             ("pi", "x.y", "t")])
+    assert [p[:4] for p in proposals] == [("pi", "x.y", "t", "x_y_t"),
+                                          ("pi", "x_y", "t", proposals[1][3])]
+    assert re.fullmatch(r"x_y_t_[0-9a-f]{8}", proposals[1][3])
+    assert [p[4] for p in proposals] == [f"sensor_edge_pi_{p[3]}" for p in proposals]
 
 
 def test_the_agent_takes_the_table_without_any_of_the_collectors_code():
@@ -186,3 +257,14 @@ def test_the_agent_takes_the_table_without_any_of_the_collectors_code():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"  # the table is in config/, which both programs share
+
+
+@pytest.mark.parametrize("agent", ["collector", "collector_alert", "collector.alert"])
+def test_no_agent_may_take_the_collectors_topics_or_ids(agent):
+    """The collector's availability topic and its alert entities' ids are its own."""
+    with pytest.raises(StartupError, match="rename the agent"):
+        MQTTBridge(MQTTConfig(), CollectorMetrics(), "c.yaml", ["pi-1", agent])
+
+
+def test_names_near_the_collectors_are_fine():
+    MQTTBridge(MQTTConfig(), CollectorMetrics(), "c.yaml", ["collectors", "my-collector"])

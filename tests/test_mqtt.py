@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TOKENS
+from conftest import BOTH_BACKENDS, POSTGRES_ONLY, TOKENS
 from processes import HOST, free_port, wait_until
 
 from sensor_edge.config.model import MQTTConfig
@@ -448,28 +448,38 @@ def retained_configs(discovery: str, count: int) -> dict[str, dict]:
         fresh.stop(clear_retained=False)
 
 
-def test_names_that_meet_in_home_assistant_ids_get_distinct_stable_ids(
+def unique_ids(discovery: str, count: int) -> dict[tuple[str, str, str], str]:
+    """(agent, sensor, metric) -> unique_id, of the retained discovery configs."""
+    found = {}
+    for config in retained_configs(discovery, count).values():
+        _prefix, agent, sensor, metric_name = config["state_topic"].rsplit("/", 3)
+        found[(agent, sensor, metric_name)] = config["unique_id"]
+    return found
+
+
+@BOTH_BACKENDS
+def test_names_that_meet_in_home_assistant_ids_get_distinct_ids_the_first_seen_keeping_its(
         make_collector, names, shared_subscriber):
     prefix, discovery = names
     sub = shared_subscriber
     agents = {"home": TOKENS["pi-1"], "home_kitchen": TOKENS["pi-2"], "pi-3": TOKENS["pi-3"]}
     collector = make_collector(agents, mqtt=mqtt_section(SHARED_BROKER, prefix, discovery))
-    # Sent one at a time in this order; after a restart, all at once in the reverse order.
+    # Sent one at a time in this order; after a restart, in the reverse order.
     sent = [
-        ("pi-3", ("a.b", "temperature", "C")),  # alone at first: today's id
-        ("pi-3", ("a_b", "temperature", "C")),  # meets a.b: needs no '_' for '.', keeps it
+        ("pi-3", ("a.b", "temperature", "C")),  # first: the plain id, for good
+        ("pi-3", ("a_b", "temperature", "C")),  # meets a.b, which keeps its id: hashed
         ("pi-3", ("x", "y_z", "")),  # x/y_z and x_y/z meet without any '.'
         ("pi-3", ("x_y", "z", "")),
-        ("pi-3", ("plain", "temperature", "C")),  # meets nothing: today's id, always
+        ("pi-3", ("plain", "temperature", "C")),  # meets nothing: the plain id
         ("home_kitchen", ("climate", "temperature", "C")),  # the two agents' unique_ids meet
         ("home", ("kitchen_climate", "temperature", "C")),
     ]
+    a_b_config = f"{discovery}/sensor/pi-3/a_b_temperature/config"
     with wire_agent(collector, "pi-3", "e", agents) as pi3:
         pi3.send([sent[0][1]])
-        alone = json.loads(wait_until(
-            lambda: sub.last(f"{discovery}/sensor/pi-3/a_b_temperature/config"), 10,
-            what="a.b's config"))
-        assert alone["unique_id"] == "sensor_edge_pi-3_a_b_temperature"
+        alone = json.loads(wait_until(lambda: sub.last(a_b_config), 10, what="a.b's config"))
+        assert (alone["unique_id"], alone["state_topic"]) == (
+            "sensor_edge_pi-3_a_b_temperature", f"{prefix}/pi-3/a.b/temperature")
         for agent, name in sent[1:]:
             if agent == "pi-3":
                 pi3.send([name])
@@ -477,42 +487,104 @@ def test_names_that_meet_in_home_assistant_ids_get_distinct_stable_ids(
                 with wire_agent(collector, agent, "e", agents) as other:
                     other.send([name])
 
-    def entities() -> dict[tuple[str, str], dict]:
-        found = {}
-        for topic, config in retained_configs(discovery, len(sent)).items():
-            assert config["unique_id"].startswith("sensor_edge_")
-            _, agent, sensor, metric_name = config["state_topic"].split("/")
-            found[(agent, sensor, metric_name)] = {"topic": topic, **config}
-        return found
-
-    first = entities()
-    assert len({e["unique_id"] for e in first.values()}) == len(sent)
-    assert len({e["topic"] for e in first.values()}) == len(sent)
-    ids = {key: e["unique_id"] for key, e in first.items()}
-    assert ids[("pi-3", "a_b", "temperature")] == "sensor_edge_pi-3_a_b_temperature"
+    ids = unique_ids(discovery, len(sent))
+    assert len(set(ids.values())) == len(sent)
+    # a.b's entity stays where it was: same topic, same unique_id.
+    assert json.loads(sub.last(a_b_config))["state_topic"] == f"{prefix}/pi-3/a.b/temperature"
+    assert ids[("pi-3", "a.b", "temperature")] == "sensor_edge_pi-3_a_b_temperature"
     assert re.fullmatch(r"sensor_edge_pi-3_a_b_temperature_[0-9a-f]{8}",
-                        ids[("pi-3", "a.b", "temperature")])
+                        ids[("pi-3", "a_b", "temperature")])
+    assert ids[("pi-3", "x", "y_z")] == "sensor_edge_pi-3_x_y_z"
+    assert re.fullmatch(r"sensor_edge_pi-3_x_y_z_[0-9a-f]{8}", ids[("pi-3", "x_y", "z")])
     assert ids[("pi-3", "plain", "temperature")] == "sensor_edge_pi-3_plain_temperature"
-    assert ids[("home", "kitchen_climate", "temperature")] == \
+    assert ids[("home_kitchen", "climate", "temperature")] == \
         "sensor_edge_home_kitchen_climate_temperature"
-    assert ids[("home_kitchen", "climate", "temperature")].startswith(
-        "sensor_edge_home_kitchen_climate_temperature_")
+    assert re.fullmatch(r"sensor_edge_home_kitchen_climate_temperature_[0-9a-f]{8}",
+                        ids[("home", "kitchen_climate", "temperature")])
     assert metric(collector, "sensor_edge_mqtt_publish_errors_total") == 0
-    escaped = labelled(collector, "sensor_edge_names_escaped_total",
-                       'output="home_assistant_id"')
-    assert escaped == 3  # a.b, one of x/y_z and x_y/z, home_kitchen's climate
+    escaped = 'output="home_assistant_id"'
+    assert labelled(collector, "sensor_edge_names_escaped_total", escaped) == 3
     assert collector.terminate() == 0
 
-    # Stable: a restarted collector that meets the names in another order gives the same
-    # ids. Its configs are cleared first, so what is read next is what it announced.
-    for info in [sub.client.publish(e["topic"], b"", qos=1, retain=True)
-                 for e in first.values()]:
+    # Stable: restarted, the collector meets the names in the reverse order and gives
+    # the same ids. Its configs are cleared first, so what is read next is what it announced.
+    for info in [sub.client.publish(t, b"", qos=1, retain=True)
+                 for t in sorted({t for t, _ in sub.received(re.escape(discovery) + "/.*")})]:
         info.wait_for_publish(5)
     collector.start()
-    for agent in ("home", "home_kitchen", "pi-3"):
-        with wire_agent(collector, agent, "after-restart", agents) as again:
-            again.send([name for a, name in reversed(sent) if a == agent])
-    wait_until(lambda: {k: e["unique_id"] for k, e in entities().items()} == ids, 15,
+    with wire_agent(collector, "pi-3", "after-restart", agents) as pi3:
+        for agent, name in reversed(sent):
+            if agent == "pi-3":
+                pi3.send([name])
+            else:
+                with wire_agent(collector, agent, "after-restart", agents) as other:
+                    other.send([name])
+    wait_until(lambda: unique_ids(discovery, len(sent)) == ids, 15,
                what="the same ids after a restart")
+    assert labelled(collector, "sensor_edge_names_escaped_total", escaped) == 3
     assert collector.terminate() == 0
     assert "Traceback" not in collector.log()
+
+
+@POSTGRES_ONLY
+def test_collectors_on_one_database_announce_the_same_ids(make_collector, names,
+                                                          shared_subscriber):
+    """Each collector started before the other gave any id, so each only learns the
+    other's ids from the database, when a claim of its own loses to one."""
+    prefix, discovery = names
+    sub = shared_subscriber
+    first, second = (
+        make_collector(name=name, mqtt=mqtt_section(SHARED_BROKER, f"{prefix}/{name}",
+                                                    f"{discovery}/{name}"))
+        for name in ("first", "second"))
+    with wire_agent(first, "pi-1", "e") as on_first:
+        on_first.send([("a.b", "temperature", "C")])
+        wait_until(lambda: sub.last(f"{discovery}/first/sensor/pi-1/a_b_temperature/config"),
+                   10, what="a.b announced by the first collector")
+        with wire_agent(second, "pi-1", "e2") as on_second:
+            # The second collector has not seen a.b: it claims the plain id, loses it.
+            on_second.send([("a_b", "temperature", "C")])
+            on_second.send([("a.b", "temperature", "C")])
+        on_first.send([("a_b", "temperature", "C")])
+    by_first = unique_ids(f"{discovery}/first", 2)
+    by_second = unique_ids(f"{discovery}/second", 2)
+    assert by_first == by_second
+    assert by_first[("pi-1", "a.b", "temperature")] == "sensor_edge_pi-1_a_b_temperature"
+    assert re.fullmatch(r"sensor_edge_pi-1_a_b_temperature_[0-9a-f]{8}",
+                        by_first[("pi-1", "a_b", "temperature")])
+    for collector in (first, second):
+        assert collector.terminate() == 0
+        assert "Traceback" not in collector.log()
+
+
+def test_ids_that_cannot_be_stored_hold_back_only_their_announcement(
+        make_collector, names, shared_subscriber):
+    """With the ids table out of reach, readings are still stored and published; the
+    name is announced once its id can be stored, at its next reading."""
+    import sqlite3
+
+    prefix, discovery = names
+    sub = shared_subscriber
+    collector = make_collector(mqtt=mqtt_section(SHARED_BROKER, prefix, discovery))
+    config_topic = f"{discovery}/sensor/pi-1/n_temperature/config"
+    with sqlite3.connect(collector.storage) as db:
+        db.execute("ALTER TABLE ha_entity_ids RENAME TO ha_entity_ids_away")
+    with wire_agent(collector, "pi-1", "e") as pi1:
+        for _ in range(3):
+            pi1.send([("n", "temperature", "C")])
+        wait_until(lambda: "ids for new names could not be stored" in collector.log(), 10,
+                   what="the failed claim to be logged")
+        wait_until(lambda: len(sub.states(prefix, "pi-1")) == 3, 10,
+                   what="the readings published all the same")
+        assert sub.last(config_topic) is None
+        with sqlite3.connect(collector.storage) as db:
+            db.execute("ALTER TABLE ha_entity_ids_away RENAME TO ha_entity_ids")
+        pi1.send([("n", "temperature", "C")])
+        config = json.loads(wait_until(lambda: sub.last(config_topic), 10,
+                                       what="the name announced once its id is stored"))
+    assert config["unique_id"] == "sensor_edge_pi-1_n_temperature"
+    assert collector.stored_seqs("pi-1") == [1, 2, 3, 4]
+    assert collector.terminate() == 0
+    log = collector.log()
+    assert log.count("ids for new names could not be stored") == 1, log
+    assert "Traceback" not in log

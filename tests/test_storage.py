@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import pytest
 from conftest import BOTH_BACKENDS, POSTGRES_ONLY
@@ -172,30 +173,39 @@ def test_what_is_stored_survives_a_reopen(storage_url):
         again.close()
 
 
+def at_once(work: Callable[[int], None]) -> None:
+    """Run work(0) and work(1) on two threads at once; fail if either raised."""
+    errors: list[BaseException] = []
+
+    def run(w: int) -> None:
+        try:
+            work(w)
+        except BaseException as e:  # reported below; a thread can't fail the test itself
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
 @BOTH_BACKENDS
 def test_two_writers_racing_with_the_same_batches_store_each_once(storage_url):
     """Two collectors' storages, handed the same batches at once."""
     writers = [open_storage(storage_url) for _ in range(2)]
     added: list[list[int]] = [[], []]
-    errors: list[BaseException] = []
 
     def write(w: int) -> None:
-        try:
-            for first in range(1, 2001, 100):
-                group = [Batch(agent, "e", rows(first, first + 99)) for agent in ("x", "y", "z")]
-                if w:
-                    group.reverse()  # the other collector's group, in another order
-                added[w].extend(writers[w].store(group, NOW))
-        except BaseException as e:  # reported below; a thread can't fail the test itself
-            errors.append(e)
+        for first in range(1, 2001, 100):
+            group = [Batch(agent, "e", rows(first, first + 99)) for agent in ("x", "y", "z")]
+            if w:
+                group.reverse()  # the other collector's group, in another order
+            added[w].extend(writers[w].store(group, NOW))
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
     try:
-        assert not errors, errors
+        at_once(write)
         assert sum(added[0]) + sum(added[1]) == 3 * 2000
         for agent in ("x", "y", "z"):
             assert seqs(writers[0], agent) == list(range(1, 2001))
@@ -204,6 +214,79 @@ def test_two_writers_racing_with_the_same_batches_store_each_once(storage_url):
     finally:
         for w in writers:
             w.close()
+
+
+def ha_row(agent: str, sensor: str, metric: str, object_id: str) -> tuple:
+    """A row of ha_entity_ids: (agent, sensor, metric, object_id, unique_id)."""
+    return (agent, sensor, metric, object_id, f"sensor_edge_{agent}_{object_id}")
+
+
+@BOTH_BACKENDS
+def test_a_home_assistant_id_is_given_once_and_a_lost_claim_reads_the_winner(storage_url):
+    storage = open_storage(storage_url)
+    a_dot_b, a_b = ha_row("pi", "a.b", "t", "a_b_t"), ha_row("pi", "a_b", "t", "a_b_t")
+    try:
+        assert storage.ha_entity_ids() == []
+        assert storage.claim_ha_entity_ids([a_dot_b]) == [a_dot_b]
+        # The id is taken: nothing stored for a_b, and the holder comes back.
+        assert storage.claim_ha_entity_ids([a_b]) == [a_dot_b]
+        hashed = ha_row("pi", "a_b", "t", "a_b_t_0123abcd")
+        assert storage.claim_ha_entity_ids([hashed]) == [hashed]
+        # The name has an id already: it stays, and comes back instead of the proposal.
+        assert storage.claim_ha_entity_ids([ha_row("pi", "a_b", "t", "other")]) == [hashed]
+        # One call, several names; one of them known, one meeting a stored id.
+        plain = ha_row("pi", "plain", "t", "plain_t")
+        assert sorted(storage.claim_ha_entity_ids([plain, a_dot_b, a_b])) == \
+            sorted([plain, a_dot_b, hashed])
+    finally:
+        storage.close()
+    again = open_storage(storage_url)
+    try:
+        assert sorted(again.ha_entity_ids()) == sorted([a_dot_b, hashed, plain])
+    finally:
+        again.close()
+
+
+@BOTH_BACKENDS
+def test_two_collectors_claiming_the_same_ids_at_once_agree_on_the_winners(storage_url):
+    """Each name's plain id contested by two names, each claimed by its own collector."""
+    claimers = [open_storage(storage_url) for _ in range(2)]
+    seen: list[list[tuple]] = [[], []]
+
+    def claim(c: int) -> None:
+        for i in range(200):
+            name = f"s{i}.x" if c else f"s{i}_x"
+            seen[c].extend(claimers[c].claim_ha_entity_ids([ha_row("pi", name, "t",
+                                                                   f"s{i}_x_t")]))
+
+    try:
+        at_once(claim)
+        stored = claimers[0].ha_entity_ids()
+        assert len(stored) == 200 and len({row[4] for row in stored}) == 200
+        # Whichever lost a race read back the winner: both saw exactly what is stored.
+        assert sorted(set(seen[0])) == sorted(set(seen[1])) == sorted(stored)
+    finally:
+        for c in claimers:
+            c.close()
+
+
+def test_an_older_sqlite_file_gets_the_home_assistant_ids_table(tmp_path):
+    import sqlite3
+    from sensor_edge.server.storage import sqlite as sqlite_storage
+
+    path = str(tmp_path / "v2.db")
+    open_storage(path).close()
+    with sqlite3.connect(path) as db:  # as the release before it left the file
+        db.execute("DROP TABLE ha_entity_ids")
+        db.execute("PRAGMA user_version = 2")
+    storage = open_storage(path)
+    try:
+        assert storage.claim_ha_entity_ids([ha_row("pi", "a", "t", "a_t")])
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == \
+                sqlite_storage.SCHEMA_VERSION
+    finally:
+        storage.close()
 
 
 @POSTGRES_ONLY

@@ -15,6 +15,11 @@ percent-encoded (:func:`topic_level`), Home Assistant ids get them through
 :mod:`.home_assistant`, and each name that had to change is counted and logged
 once. No name and no error of the client's ends the bridge: a publish that
 raises is counted, logged and skipped.
+
+A name's Home Assistant id is given the first time the bridge sees it and then
+kept for good, in storage (the ``ha_entity_ids`` table): claimed on the storage
+writer's thread, read back at start, and the same for every collector on one
+database. The name's entity is announced once its id is stored.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from sensor_edge.config.model import MQTTConfig
@@ -39,7 +45,7 @@ from sensor_edge.contract.protocol import Reading
 if TYPE_CHECKING:
     from sensor_edge.server.ingest.agents import AgentRegistry, AgentState
     from sensor_edge.server.outputs.metrics import CollectorMetrics
-    from sensor_edge.server.storage import Batch
+    from sensor_edge.server.storage import Batch, Storage
 
 log = logging.getLogger("sensor_edge.collector.mqtt")
 
@@ -63,6 +69,11 @@ COLLECTOR_NODE = "collector"
 
 # Distinct client errors remembered as logged; a failing client logs each kind once.
 LOGGED_ERRORS = 100
+# Claims of Home Assistant ids for one commit's new names: a claim loses only to another
+# collector's claim of the same id, and the next one tries another, so a few rounds do.
+CLAIM_ROUNDS = 10
+_UNCLAIMED = ("Home Assistant ids for new names could not be stored (%s); each such name is "
+              "tried again with its next reading and announced once its id is stored")
 
 # What a topic level cannot carry: the wildcards, the level separator and NUL (paho
 # refuses them, or they would change the topic's shape); control characters and
@@ -157,9 +168,13 @@ class MQTTBridge:
                                f"{INSTALL_HINT}") from None
         _check_topic_prefix(source, "prefix", config.prefix)
         _check_topic_prefix(source, "discovery_prefix", config.discovery_prefix)
-        if COLLECTOR_NODE in agent_ids:
-            raise StartupError(f"{source}: agent id {COLLECTOR_NODE!r} would share the "
-                               "collector's MQTT availability topic; rename the agent")
+        for agent in agent_ids:
+            # The collector's own topics and ids (availability, alert entities) are
+            # `collector` and `sensor_edge_collector_...`: no agent may reach into them.
+            node = ha.ha_id(agent)
+            if node == COLLECTOR_NODE or node.startswith(COLLECTOR_NODE + "_"):
+                raise StartupError(f"{source}: agent id {agent!r} would share the collector's "
+                                   "MQTT topics or Home Assistant ids; rename the agent")
         self._paho = paho
         self.config = config
         self.metrics = metrics
@@ -171,11 +186,17 @@ class MQTTBridge:
         # (agent, sensor, metric) -> unit, for every sensor seen since start: re-announced
         # on each connect, so a broker that lost its retained messages gets them back.
         self._seen: dict[ha.Key, str] = {}
-        self._entity_ids = ha.EntityIds()
-        self._errors_logged: set[str] = set()
+        self._entity_ids = ha.EntityIds()  # every id stored, loaded at start
+        # Names seen whose ids are being claimed (key -> unit), and the claims in order.
+        self._claiming: dict[ha.Key, str] = {}
+        self._claims: asyncio.Queue[list[ha.Key]] = asyncio.Queue()
+        self._storage: Storage | None = None
+        self._writer: Executor | None = None
+        self._errors_logged: set[tuple[str, str]] = set()
         self._agents: AgentRegistry | None = None
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._claimer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False  # log a broker outage once, not on every retry
         # Called on each connect, on the loop: other stages' retained topics (alerts).
@@ -186,12 +207,15 @@ class MQTTBridge:
 
     # -- the collector's side ---------------------------------------------------------------
 
-    def start(self, agents: AgentRegistry) -> None:
-        """Connect in the background (retried with backoff) and start publishing."""
+    async def start(self, agents: AgentRegistry, storage: Storage, writer: Executor) -> None:
+        """Load the Home Assistant ids given so far, connect in the background (retried
+        with backoff) and start publishing. ``writer``: the storage writer's thread."""
         paho = self._paho
         c = self.config
         self._loop = asyncio.get_running_loop()
         self._agents = agents
+        self._storage, self._writer = storage, writer
+        self._entity_ids.learn(await self._loop.run_in_executor(writer, storage.ha_entity_ids))
         agents.on_presence = self.agent_presence
         client_id = f"sensor-collector-{socket.gethostname()}-{os.getpid()}"
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -212,6 +236,7 @@ class MQTTBridge:
         client.loop_start()
         self._client = client
         self._task = asyncio.create_task(self._publish_readings(), name="mqtt-publisher")
+        self._claimer = asyncio.create_task(self._claim_ids(), name="mqtt-entity-ids")
         log.info("publishing to MQTT broker %s:%d under %s/ (discovery under %s/)", c.host,
                  c.port, c.prefix, c.discovery_prefix)
 
@@ -221,11 +246,11 @@ class MQTTBridge:
         for batch, count in zip(batches, added):
             for row in batch.new_rows(count):
                 key = (batch.agent, row[1], row[2])
-                if key not in self._seen and key not in new:
+                if key not in self._seen and key not in self._claiming and key not in new:
                     new[key] = row[4]
         if new:
             try:
-                self._learn(new)
+                self._first_seen(new)
             except Exception as e:  # this runs in the batcher's commit callback: never raise
                 self._publish_failed(e)
         for batch, count in zip(batches, added):
@@ -263,14 +288,16 @@ class MQTTBridge:
         while (self._queue.qsize() or self._holding or self._in_flight) \
                 and self._connected.is_set() and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._claimer):
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            except Exception as e:  # it catches its own errors; this is the last net
-                log.error("the MQTT publisher had stopped: %s", e)
+            except Exception as e:  # each catches its own errors; this is the last net
+                log.error("the MQTT bridge's %s task had stopped: %s", task.get_name(), e)
         lost = self._queue.qsize() + self._holding + len(self._in_flight)
         if lost:
             self.metrics.mqtt_unpublished.inc(lost)
@@ -336,23 +363,23 @@ class MQTTBridge:
     def _publish_failed(self, error: Exception) -> None:
         # Whatever raises (paho, or a bug of ours) costs that one message, no more.
         self.metrics.mqtt_publish_errors.inc()
-        text = f"{type(error).__name__}: {error}"
-        if text not in self._errors_logged:
+        self._log_once("an MQTT message was not published (%s); the bridge goes on. Each such "
+                       "error is logged once and counted in sensor_edge_mqtt_publish_errors_total",
+                       f"{type(error).__name__}: {error}")
+
+    def _log_once(self, message: str, detail: str) -> None:
+        """Log ``message % detail`` unless that very line was logged already."""
+        if (message, detail) not in self._errors_logged:
             if len(self._errors_logged) >= LOGGED_ERRORS:
                 self._errors_logged.clear()
-            self._errors_logged.add(text)
-            log.error("an MQTT message was not published (%s); the bridge goes on. Each such "
-                      "error is logged once and counted in sensor_edge_mqtt_publish_errors_total",
-                      text)
+            self._errors_logged.add((message, detail))
+            log.error(message, detail)
 
-    def _learn(self, new: dict[ha.Key, str]) -> None:
-        """Names first stored now (key -> unit): give them ids, say what had to change,
-        announce them. All of one commit at once, so names that meet in Home Assistant
-        ids are told apart before the first of their configs goes out."""
+    def _first_seen(self, new: dict[ha.Key, str]) -> None:
+        """Names first stored since start (key -> unit): say what had to change, and
+        announce them once they have ids (claimed first for names new to storage)."""
         escaped = self.metrics.escaped_names
-        changed: dict[ha.Key, str | None] = {}  # key -> its object id before this commit
         for key, unit in new.items():
-            self._seen[key] = unit
             for name in key:
                 level = topic_level(name)
                 if level != name:
@@ -361,30 +388,43 @@ class MQTTBridge:
                 escaped.record("home_assistant_unit", f"{key[2]} [{unit}]",
                                f"not a unit Home Assistant knows for {key[2]}: announced "
                                "without a device class")
-            for other, old_id in self._entity_ids.add(key).items():
-                changed.setdefault(other, old_id)
-        for key in changed:
-            if self._entity_ids.disambiguated(key):
-                escaped.record("home_assistant_id", "/".join(key),
-                               "would share a Home Assistant id with another name; its "
-                               f"unique_id is {self._entity_ids.unique_id(key)!r}")
-        if not self._connected.is_set():
-            return  # announced on (re)connect
-        for key, old_id in changed.items():
-            if old_id == self._entity_ids.object_id(key):
-                continue
-            if old_id is not None:
-                self._retire(key, old_id)
-            self._announce(*key, self._seen[key])
+        unknown = [key for key in new if key not in self._entity_ids]
+        if unknown:
+            self._claiming.update((key, new[key]) for key in unknown)
+            self._claims.put_nowait(unknown)
+        self._adopt({key: unit for key, unit in new.items() if key in self._entity_ids})
 
-    def _retire(self, key: ha.Key, old_id: str) -> None:
-        """Clear a discovery config left at an id that no other name has taken."""
-        agent, _sensor, metric = key
-        owner = self._entity_ids.owner(agent, old_id)
-        component = ha.entity(metric, self._seen[key]).component
-        if owner is None or ha.entity(owner[2], self._seen[owner]).component != component:
-            self._publish(f"{self.config.discovery_prefix}/{component}/{ha.ha_id(agent)}/"
-                          f"{old_id}/config", "")
+    async def _claim_ids(self) -> None:
+        """Store ids for names new to storage, in the order they came (the first seen
+        keeps the plain id), one commit's names at a time; then announce them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            keys = await self._claims.get()
+            try:
+                for _ in range(CLAIM_ROUNDS):
+                    proposals = self._entity_ids.propose(keys)
+                    if not proposals:
+                        break
+                    self._entity_ids.learn(await loop.run_in_executor(
+                        self._writer, self._storage.claim_ha_entity_ids, proposals))
+                else:
+                    self._log_once(_UNCLAIMED, f"claims still lost after {CLAIM_ROUNDS} rounds")
+            except Exception as e:  # a storage outage: the next reading of each tries again
+                self._log_once(_UNCLAIMED, f"{type(e).__name__}: {e}")
+            finally:
+                units = {key: self._claiming.pop(key) for key in keys if key in self._claiming}
+            self._adopt({key: unit for key, unit in units.items() if key in self._entity_ids})
+
+    def _adopt(self, new: dict[ha.Key, str]) -> None:
+        """Names with their ids (key -> unit): announce them, now and on each connect."""
+        for key, unit in new.items():
+            self._seen[key] = unit
+            if self._entity_ids.disambiguated(key):
+                self.metrics.escaped_names.record(
+                    "home_assistant_id", "/".join(key), "another name had its Home "
+                    f"Assistant id first; its unique_id is {self._entity_ids.unique_id(key)!r}")
+            if self._connected.is_set():  # else announced on (re)connect
+                self._announce(*key, unit)
 
     def _announce(self, agent: str, sensor: str, metric: str, unit: str) -> None:
         version = self._agents.get(agent).version if self._agents else None

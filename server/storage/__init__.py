@@ -99,6 +99,13 @@ class Storage(Protocol):
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         """Every receiver has that transition's notification."""
 
+    def ha_entity_ids(self) -> list[tuple]:
+        """Every Home Assistant id given so far (server/storage/ha_entity_ids.py)."""
+
+    def claim_ha_entity_ids(self, proposals: list[tuple]) -> list[tuple]:
+        """Store the proposed ids whose name and ``unique_id`` are both free; the stored
+        rows of each proposal's name and ``unique_id`` holder (a lost race: the winner's)."""
+
     def close(self) -> None: ...
 
 

@@ -28,6 +28,7 @@ from sensor_edge.server.storage import (
     ReadingQuery,
     alert_state,
     differing,
+    ha_entity_ids,
     safe_url,
 )
 from sensor_edge.server.storage.sqlite import _STORED_ROWS, EXPIRED, _filters
@@ -99,9 +100,19 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (rule, agent, sensor, metric)
         )""",
     )),
+    (3, "Home Assistant ids (server/storage/ha_entity_ids.py)", (
+        """CREATE TABLE ha_entity_ids (
+            agent TEXT COLLATE "C" NOT NULL,
+            sensor TEXT COLLATE "C" NOT NULL,
+            metric TEXT COLLATE "C" NOT NULL,
+            object_id TEXT COLLATE "C" NOT NULL,
+            unique_id TEXT COLLATE "C" NOT NULL UNIQUE,
+            PRIMARY KEY (agent, sensor, metric)
+        )""",
+    )),
     # When the collector stored each reading (its own clock): retention keys on it
     # too. NULL in rows stored before, which expire by ts alone.
-    (3, "readings.received", (
+    (4, "readings.received", (
         "ALTER TABLE readings ADD COLUMN received DOUBLE PRECISION",
     )),
 )
@@ -342,6 +353,16 @@ class PostgresStorage:
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         with self._pool.connection() as db:
             alert_state.mark_notified(db, "%s", key, state, since)
+
+    def ha_entity_ids(self) -> list[tuple]:
+        with self._pool.connection() as db:
+            return ha_entity_ids.load(db)
+
+    def claim_ha_entity_ids(self, proposals: list[tuple]) -> list[tuple]:
+        # Autocommit: each claim is final once made, so the read right after it sees
+        # whichever collector won, and two collectors' claims never deadlock.
+        with self._pool.connection() as db:
+            return ha_entity_ids.claim(db, "%s", proposals)
 
     def close(self) -> None:
         self._pool.close()

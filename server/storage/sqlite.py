@@ -9,11 +9,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from sensor_edge.contract.protocol import Reading
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, alert_state, differing
+from sensor_edge.server.storage import (
+    READING_COLUMNS,
+    Batch,
+    ReadingQuery,
+    alert_state,
+    differing,
+    ha_entity_ids,
+)
 
-# 2: alert_state. 3: readings.received (retention keys on it too), added to an
-# older file on open.
-SCHEMA_VERSION = 3
+# 2: alert_state. 3: ha_entity_ids. 4: readings.received (retention keys on it
+# too), added to an older file on open.
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
@@ -24,7 +31,7 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     unit TEXT NOT NULL,
     ts REAL NOT NULL,
-    -- version 3: when the collector stored it (its own clock); NULL in older rows
+    -- version 4: when the collector stored it (its own clock); NULL in older rows
     received REAL,
     PRIMARY KEY (agent, epoch, seq)
 );
@@ -55,6 +62,15 @@ CREATE TABLE IF NOT EXISTS alert_state (
     notified INTEGER NOT NULL,
     PRIMARY KEY (rule, agent, sensor, metric)
 );
+-- Version 3: Home Assistant ids (server/storage/ha_entity_ids.py).
+CREATE TABLE IF NOT EXISTS ha_entity_ids (
+    agent TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    unique_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (agent, sensor, metric)
+);
 """
 
 _INSERT = (
@@ -76,7 +92,7 @@ class SQLiteStorage:
         with db:
             db.executescript(SCHEMA)
             columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
-            if "received" not in columns:  # a file from before version 3
+            if "received" not in columns:  # a file from before version 4
                 db.execute("ALTER TABLE readings ADD COLUMN received REAL")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -204,6 +220,20 @@ class SQLiteStorage:
 
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         alert_state.mark_notified(self._connection(), "?", key, state, since)
+
+    def ha_entity_ids(self) -> list[tuple]:
+        return ha_entity_ids.load(self._connection())
+
+    def claim_ha_entity_ids(self, proposals: list[tuple]) -> list[tuple]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            winners = ha_entity_ids.claim(db, "?", proposals)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return winners
 
     def close(self) -> None:
         with self._lock:
