@@ -340,6 +340,13 @@ def load_collector_config(path: str) -> CollectorConfig:
             max_connections=section.take(
                 "max_connections", lambda v: v.integer(1, None), limits.max_connections
             ),
+            max_live_connections=section.take(
+                "max_live_connections", lambda v: v.integer(0, None), limits.max_live_connections
+            ),
+            max_connections_per_agent=section.take(
+                "max_connections_per_agent", lambda v: v.integer(1, None),
+                limits.max_connections_per_agent
+            ),
             bad_token_max_delay=section.take(
                 "bad_token_max_delay", lambda v: v.number(0, 60), limits.bad_token_max_delay
             ),

@@ -34,8 +34,13 @@ class Limits:
     max_readings_per_second: float = 20_000.0
     # A client that has not finished its WebSocket handshake by then is dropped.
     handshake_timeout: float = 10.0
-    # Open WebSocket connections (agents and dashboards); one more gets HTTP 503.
+    # Open agent connections (/v1/stream); one more gets HTTP 503.
     max_connections: int = 10_000
+    # Browsers on /v1/live: a budget of their own, so they can never lock agents out.
+    max_live_connections: int = 100
+    # Connections one agent token may hold at once: two lets a reconnect overlap an
+    # old connection not yet known to be dead; more would let one token take them all.
+    max_connections_per_agent: int = 2
     # Repeated bad tokens from one address wait up to this long for their 401 (0: never).
     bad_token_max_delay: float = 5.0
 

@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 STREAM_PATH = "/v1/stream"
@@ -94,7 +95,14 @@ class Readings:
 
 @dataclass(frozen=True)
 class Status:
+    """The agent's health: the fields of :data:`STATUS_FIELDS` it sent, checked.
+
+    ``dropped`` names the known fields that were of the wrong type or out of
+    range (``sensors.climate.good``); they are left out of ``fields``.
+    """
+
     fields: dict[str, Any] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,127 @@ def _readings(body: dict[str, Any], max_batch: int) -> Readings:
     return Readings(rows)
 
 
+# --- status: the agent's health, checked field by field -----------------------
+#
+# A status is the agent's word about itself: kept in memory and shown in
+# /api/agents and /metrics, never stored. Each field the collector knows is
+# checked like a reading's (its type, finite, in range); one that fails is
+# dropped and named in Status.dropped while the rest is kept and the
+# connection goes on: a newer agent that changed one field must not lose its
+# readings' connection over it. Fields the collector does not know are ignored
+# (not kept), so nothing unchecked reaches a page, a scrape or a float().
+
+MAX_STATUS_SENSORS = 64
+MAX_FAILURE_KINDS = 16
+MAX_STATUS_TEXT = 500  # a sensor's last error
+_BAD = object()  # what a check returns for a value it does not take
+
+# A check takes a value, its path (for naming what is dropped) and the list of
+# dropped paths (where nested checks add theirs); it returns the value to keep
+# or _BAD. Leaf checks ignore the last two.
+Check = Callable[[Any, str, list[str]], Any]
+
+
+def _count(value: Any, *_: Any) -> Any:
+    return value if type(value) is int and 0 <= value <= MAX_INTEGER else _BAD
+
+
+def _real(value: Any, *_: Any) -> Any:
+    if (type(value) is float or type(value) is int) and _finite(value):
+        return float(value)
+    return _BAD
+
+
+def _seconds(value: Any, *_: Any) -> Any:
+    value = _real(value)
+    return value if value is _BAD or value >= 0 else _BAD
+
+
+def _flag(value: Any, *_: Any) -> Any:
+    return value if type(value) is bool else _BAD
+
+
+def _text(limit: int) -> Check:
+    def check(value: Any, *_: Any) -> Any:
+        ok = type(value) is str and len(value) <= limit and value.isprintable()
+        return value if ok else _BAD
+    return check
+
+
+def _or_none(check: Check) -> Check:
+    return lambda value, *rest: None if value is None else check(value, *rest)
+
+
+def _object(schema: dict[str, Check]) -> Check:
+    """An object's known fields, each checked; a bad one is dropped, unknown ones ignored."""
+    def check(value: Any, path: str, dropped: list[str]) -> Any:
+        if type(value) is not dict:
+            return _BAD
+        kept = {}
+        for key, check_field in schema.items():
+            if key in value:
+                where = f"{path}.{key}" if path else key
+                checked = check_field(value[key], where, dropped)
+                if checked is _BAD:
+                    dropped.append(where)
+                else:
+                    kept[key] = checked
+        return kept
+    return check
+
+
+def _named(check_item: Check, limit: int) -> Check:
+    """An object of names to items, each checked; past ``limit`` names the rest is dropped."""
+    def check(value: Any, path: str, dropped: list[str]) -> Any:
+        if type(value) is not dict:
+            return _BAD
+        kept = {}
+        for seen, (name, item) in enumerate(value.items()):
+            if seen == limit:  # good names or bad, so the work and what is named is bounded
+                dropped.append(path)
+                break
+            if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH \
+                    or not name.isprintable():
+                dropped.append(f"{path}.?")
+                continue
+            checked = check_item(item, f"{path}.{name}", dropped)
+            if checked is _BAD:
+                dropped.append(f"{path}.{name}")
+            else:
+                kept[name] = checked
+        return kept
+    return check
+
+
+# Every status field the collector knows: what the agent sends (agent/agent.py).
+STATUS_FIELDS: dict[str, Check] = {
+    "time": _real,  # the agent's clock, Unix seconds
+    "uptime": _seconds,
+    "version": _text(MAX_NAME_LENGTH),
+    "backend": _text(MAX_NAME_LENGTH),
+    "buffer_depth": _count,
+    "buffer_oldest_age": _or_none(_seconds),
+    "dropped": _count,
+    "sent": _count,
+    "cpu_temperature": _or_none(_real),
+    "clock_synced": _or_none(_flag),
+    "sensors": _named(_object({
+        "good": _count,
+        "failed": _count,
+        "consecutive_failures": _count,
+        "failures": _named(_count, MAX_FAILURE_KINDS),  # failed reads by kind
+        "last_error": _or_none(_text(MAX_STATUS_TEXT)),
+        "held_back": _count,  # readings its filters kept from the buffer
+    }), MAX_STATUS_SENSORS),
+}
+_STATUS = _object(STATUS_FIELDS)
+
+
+def _status(body: dict[str, Any]) -> Status:
+    dropped: list[str] = []
+    return Status(_STATUS(body, "", dropped), tuple(dropped))
+
+
 def parse_agent_message(frame: str | bytes, *, max_frame_bytes: int = MAX_FRAME_LIMIT - 1,
                         max_batch_readings: int = MAX_BATCH_LIMIT - 1) -> AgentMessage:
     """Parse and validate one frame from an agent, or raise :class:`ProtocolError`."""
@@ -310,14 +439,13 @@ def parse_agent_message(frame: str | bytes, *, max_frame_bytes: int = MAX_FRAME_
             agent=_string(body, "agent", "hello"),
             epoch=_string(body, "epoch", "hello"),
             version=_string(body, "version", "hello", allow_empty=True),
-            time=None if time is None else _number(body, "time", "hello"),
+            time=None if time is None else float(_number(body, "time", "hello")),
         )
         _check_extra(body, 5 if time is not None else 4, 0, "hello")
         return hello
     if kind == "status":
-        fields = {k: v for k, v in body.items() if k != "type"}
-        _check_depth(fields, 1, "status")
-        return Status(fields)
+        _check_depth(body, 0, "status")
+        return _status(body)
     if kind == "bye":
         _check_extra(body, 1, 0, "bye")
         return Bye()

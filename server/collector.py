@@ -22,7 +22,7 @@ from sensor_edge.server.ingest.batcher import Batcher
 from sensor_edge.server.ingest.connection import serve_agent
 from sensor_edge.server.hosts import AllowedHosts, own_names
 from sensor_edge.server.web.http_server import HTTPFront, chunks_from_thread
-from sensor_edge.server.ingest.limits import FailedLogins
+from sensor_edge.server.ingest.limits import ConnectionBudget, FailedLogins
 from sensor_edge.server.outputs.live import LiveFeed
 from sensor_edge.server.outputs.metrics import CollectorMetrics
 from sensor_edge.server.outputs.mqtt import MQTTBridge
@@ -49,8 +49,12 @@ class Collector:
         self._front: HTTPFront | None = None
         # The Host names the HTTP side answers to (set at start: finding our own may ask DNS).
         self.hosts = AllowedHosts(config.allowed_hosts)
-        # WebSocket connections being served (agents and browsers), for limits.max_connections.
-        self.open_connections = 0
+        limits = config.limits
+        # WebSocket connections held, agents and browsers apart (limits.max_connections,
+        # max_connections_per_agent, max_live_connections).
+        self.connections = ConnectionBudget(limits.max_connections,
+                                            limits.max_connections_per_agent,
+                                            limits.max_live_connections)
         self.failed_logins = FailedLogins(config.limits.bad_token_max_delay)
         # SQLite wants its writer on one thread; readers get a small pool of their own.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
@@ -82,14 +86,17 @@ class Collector:
         if self.mqtt is not None:
             await self.mqtt.start(self.agents, self.storage, self._writer)
         await self.alerts.start(self.storage, self._writer, self.read, self.agents, self.mqtt)
-        self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
+        self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed,
+                               on_commit_failed=self.metrics.commit_hook_failures.inc,
+                               on_conflicting=self.metrics.readings_conflicting.inc)
         self.batcher.start()
         if self.config.retention_days is not None:
             self.retention = Retention(self.storage, self._writer, self.config.retention_days,
                                        on_deleted=self.metrics.readings_expired.inc)
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
-        _raise_open_file_limit(self.config.limits.max_connections)
+        _raise_open_file_limit(self.config.limits.max_connections
+                               + self.config.limits.max_live_connections)
         self._front = HTTPFront(http_api.WEBSOCKET_PATHS, functools.partial(http_api.answer, self),
                                 timeout=self.config.limits.handshake_timeout,
                                 server_header=SERVER_HEADER)
@@ -144,14 +151,25 @@ class Collector:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        self.open_connections += 1
-        try:
-            await self._serve(ws)
-        finally:
-            self.open_connections -= 1
+    def admit_agent(self, ws: ServerConnection, agent_id: str) -> str | None:
+        """Count an agent's handshake until its connection ends; None, or the limit
+        it would pass (then it is refused, and not counted)."""
+        refused = self.connections.take_agent(agent_id)
+        if refused is None:
+            # Every connection ends here, whether or not its handler ever ran.
+            ws.connection_lost_waiter.add_done_callback(
+                lambda _: self.connections.release_agent(agent_id))
+        return refused
 
-    async def _serve(self, ws: ServerConnection) -> None:
+    def admit_live(self, ws: ServerConnection) -> str | None:
+        """The same for a browser's handshake on /v1/live, in the browsers' budget."""
+        refused = self.connections.take_live()
+        if refused is None:
+            ws.connection_lost_waiter.add_done_callback(
+                lambda _: self.connections.release_live())
+        return refused
+
+    async def _handle(self, ws: ServerConnection) -> None:
         if getattr(ws, "live", False):  # a browser on /v1/live
             await self.live.serve(ws)
             return
@@ -191,5 +209,6 @@ def _raise_open_file_limit(connections: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         soft = wanted
     if soft != resource.RLIM_INFINITY and soft < connections + 64:
-        log.warning("limits.max_connections is %d but this process may open only %d files; "
-                    "raise its limit (LimitNOFILE= in the systemd unit)", connections, soft)
+        log.warning("limits.max_connections and max_live_connections add up to %d but this "
+                    "process may open only %d files; raise its limit (LimitNOFILE= in the "
+                    "systemd unit)", connections, soft)

@@ -65,6 +65,18 @@ def test_one_group_counts_each_batch_and_a_key_twice_only_once(storage):
 
 
 @BOTH_BACKENDS
+def test_resent_readings_with_other_values_are_told_apart_from_plain_resends(storage):
+    storage.store([Batch("a", "e", rows(1, 5))], NOW)
+    resent = rows(3, 7)
+    resent[1] = (4, "s", "m", 99.0, "u", resent[1][5])  # seq 4: another machine's value
+    assert storage.store([Batch("a", "e", resent)], NOW) == [2]
+    assert storage.differing_duplicates(Batch("a", "e", resent)) == [
+        (rows(4, 4)[0], resent[1])]
+    assert storage.differing_duplicates(Batch("a", "e", rows(1, 7))) == []
+    assert storage.differing_duplicates(Batch("a", "other", resent)) == []
+
+
+@BOTH_BACKENDS
 def test_queries_filter_order_and_keep_the_newest(storage):
     storage.store([Batch("a", "e", rows(1, 10, "t", "temperature")),
                    Batch("b", "e", rows(1, 10, "h", "humidity", ts0=NOW + 0.5))], NOW)
@@ -127,8 +139,8 @@ def test_iter_readings_pages_through_everything_oldest_first(storage):
 
 @BOTH_BACKENDS
 def test_old_readings_go_in_small_deletes_and_the_acked_seq_stays(storage):
-    storage.store([Batch("a", "e", rows(1, 10, ts0=NOW - 1000)),
-                   Batch("a", "e", rows(11, 15, ts0=NOW - 10))], NOW)
+    storage.store([Batch("a", "e", rows(1, 10, ts0=NOW - 1000))], NOW - 1000)
+    storage.store([Batch("a", "e", rows(11, 15, ts0=NOW - 10))], NOW - 10)
     cutoff = NOW - 500
     assert storage.delete_older_than(cutoff, 4) == 4
     assert storage.delete_older_than(cutoff, 4) == 4
@@ -137,6 +149,26 @@ def test_old_readings_go_in_small_deletes_and_the_acked_seq_stays(storage):
     assert seqs(storage, "a") == list(range(11, 16))
     # An agent coming back is not asked to resend what expired.
     assert storage.acked("a", "e") == 15
+
+
+@BOTH_BACKENDS
+def test_retention_never_deletes_what_was_received_recently_whatever_its_ts(storage):
+    cutoff = NOW - 500
+    # A Pi before its clock was set: read "in 1970", received just now.
+    storage.store([Batch("a", "unsynced", rows(1, 5, ts0=100.0))], NOW)
+    # An agent's long backlog: read long ago, received just now.
+    storage.store([Batch("a", "backlog", rows(1, 5, ts0=NOW - 90_000))], NOW - 1)
+    # Received long ago, but stamped later by a clock running ahead: kept until its
+    # ts is past too (a reading goes when both its times are older than the cutoff).
+    storage.store([Batch("a", "ahead", rows(1, 5, ts0=NOW + 5000))], NOW - 1000)
+    storage.store([Batch("a", "old", rows(1, 5, ts0=NOW - 1000))], NOW - 1000)
+    assert storage.delete_older_than(cutoff, 100) == 5
+    assert seqs(storage, "a", "old") == []
+    for epoch in ("unsynced", "backlog", "ahead"):
+        assert seqs(storage, "a", epoch) == [1, 2, 3, 4, 5], epoch
+    # Once received long enough ago, the 1970 readings go too.
+    assert storage.delete_older_than(NOW + 1, 100) == 10
+    assert seqs(storage, "a", "unsynced") == [] and seqs(storage, "a", "backlog") == []
 
 
 @BOTH_BACKENDS
@@ -289,6 +321,49 @@ def test_postgres_schema_is_versioned(storage_url):
 
 
 @POSTGRES_ONLY
+def test_a_postgres_database_from_before_received_times_is_migrated(storage_url):
+    """Version 1 rows have no received time: they expire by ts alone, as before."""
+    import psycopg
+    from sensor_edge.server.storage import postgres
+
+    with psycopg.connect(storage_url, autocommit=True) as db, db.transaction():
+        db.execute(postgres.MIGRATIONS_TABLE)
+        version, description, statements = postgres.MIGRATIONS[0]
+        for statement in statements:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                   (version, description))
+        db.execute("INSERT INTO readings VALUES ('a', 'e', 1, 's', 'm', 1, 'u', %s), "
+                   "('a', 'e', 2, 's', 'm', 1, 'u', %s)", (NOW - 1000, NOW))
+    storage = open_storage(storage_url)
+    try:
+        storage.store([Batch("a", "e", rows(3, 4, ts0=100.0))], NOW)  # 1970, received now
+        assert storage.delete_older_than(NOW - 500, 100) == 1
+        assert seqs(storage, "a") == [2, 3, 4]
+    finally:
+        storage.close()
+
+
+@POSTGRES_ONLY
+def test_postgres_sessions_commit_synchronously_whatever_the_server_default(storage_url):
+    """An ack promises the batch is on disk: `synchronous_commit = off` on the server
+    (or the database) must not apply to the collector's sessions."""
+    import psycopg
+
+    name = storage_url.rsplit("/", 1)[1]
+    with psycopg.connect(storage_url, autocommit=True) as db:
+        db.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"  # set for new ones
+    storage = open_storage(storage_url)
+    try:
+        storage.store([Batch("a", "e", rows(1, 2))], NOW)
+        with storage._pool.connection() as db:  # a session the storage writes with
+            assert db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    finally:
+        storage.close()
+
+
+@POSTGRES_ONLY
 def test_postgres_errors_are_one_line_without_the_password(storage_backend, tmp_path):
     from processes import free_port
 
@@ -312,3 +387,28 @@ def test_postgres_errors_are_one_line_without_the_password(storage_backend, tmp_
     assert "pip install 'sensor-edge[postgres]'" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
         done.stderr
+
+
+def test_a_full_disk_is_the_error_raised_and_the_next_commit_works(tmp_path):
+    """SQLite rolls a transaction back by itself on SQLITE_FULL; the error that
+    surfaces (and is logged) must be "disk is full", not a failed ROLLBACK."""
+    import sqlite3
+
+    from sensor_edge.server.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(str(tmp_path / "full.db"))
+    try:
+        storage.store([Batch("a", "e", rows(1, 10))], NOW)
+        # The writer's own connection (this thread's): cap its file a few pages on.
+        db = storage._connection()
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages + 5}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            storage.store([Batch("a", "e", rows(11, 20_000, sensor="s" * 100))], NOW)
+        assert seqs(storage, "a") == list(range(1, 11))  # the batch went whole or not at all
+        assert storage.acked("a", "e") == 10
+        db.execute("PRAGMA max_page_count = 1073741823")  # space again
+        assert storage.store([Batch("a", "e", rows(11, 20))], NOW) == [10]
+        assert storage.acked("a", "e") == 20
+    finally:
+        storage.close()

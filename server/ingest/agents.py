@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ class AgentState:
     # collector clock minus agent clock at hello, when the agent sent its clock
     clock_offset: float | None = None
     status: dict[str, Any] | None = None
+    # Live sessions per epoch: more than one is two machines on one buffer, or a
+    # connection that died without the collector noticing yet.
+    sessions: dict[str, int] = field(default_factory=dict)
     # (sensor, metric) -> (value, unit, ts)
     latest: dict[tuple[str, str], tuple[float, str, float]] = field(default_factory=dict)
 
@@ -51,6 +53,7 @@ class AgentRegistry:
     def connected(self, hello: Hello, now: float) -> AgentState:
         state = self.get(hello.agent)
         state.connections += 1
+        state.sessions[hello.epoch] = state.sessions.get(hello.epoch, 0) + 1
         state.last_seen = now
         state.epoch = hello.epoch
         state.version = hello.version
@@ -61,22 +64,28 @@ class AgentRegistry:
         return state
 
     def status_received(self, agent_id: str, fields: dict[str, Any], now: float) -> None:
-        """A `status` message: keep it, count it as a sign of life, refresh the clock offset."""
+        """A `status` message's checked fields (protocol.Status): keep them, count them
+        as a sign of life, refresh the clock offset."""
         state = self.get(agent_id)
         state.status = fields
         state.last_seen = now
-        agent_time = fields.get("time")
-        if isinstance(agent_time, (int, float)) and not isinstance(agent_time, bool) \
-                and math.isfinite(agent_time):
+        agent_time = fields.get("time")  # checked by the protocol: a finite float
+        if agent_time is not None:
             state.clock_offset = now - agent_time
 
     def is_stale(self, state: AgentState, now: float) -> bool:
         """Silent (no hello, status or stored reading) for longer than `stale_after`."""
         return state.last_seen is None or now - state.last_seen > self.stale_after
 
-    def disconnected(self, agent_id: str) -> None:
+    def disconnected(self, agent_id: str, epoch: str | None = None) -> None:
         state = self.get(agent_id)
         state.connections = max(0, state.connections - 1)
+        if epoch is not None:
+            left = state.sessions.get(epoch, 0) - 1
+            if left > 0:
+                state.sessions[epoch] = left
+            else:
+                state.sessions.pop(epoch, None)
         if state.connections == 0 and self.on_presence is not None:
             self.on_presence(state, False)
 

@@ -43,6 +43,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                        loop.time())
     peer = _peer(ws)
     registered = False
+    warned_status = False
     future: asyncio.Future[int] | None = None  # the last batch handed to the batcher
     try:
         async for frame in ws:
@@ -88,10 +89,23 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                 log.info("agent %s connected from %s (epoch %s, version %s, resumes after "
                          "seq %d%s)", agent_id, peer, message.epoch, message.version or "?",
                          acked, "" if offset is None else f", clock offset {offset:+.3f} s")
+                if state.sessions[message.epoch] > 1:
+                    log.warning("agent %s: a second session opened on epoch %s while another "
+                                "is live: either that connection is dead and not yet noticed, "
+                                "or two machines send with one buffer (a cloned SD card); "
+                                "resent readings that differ from the stored ones are counted "
+                                "(sensor_edge_readings_conflicting_total)", agent_id,
+                                message.epoch)
                 if offset is not None and abs(offset) > 2.0:
                     log.warning("agent %s: its clock is %.1f s off the collector's", agent_id,
                                 -offset)
             elif isinstance(message, Status):
+                if message.dropped:
+                    collector.metrics.status_fields_dropped.inc(len(message.dropped))
+                    if not warned_status:  # once per connection: an agent sends one every 10 s
+                        warned_status = True
+                        log.warning("agent %s: status fields of the wrong type or out of range "
+                                    "ignored: %s", agent_id, ", ".join(message.dropped[:10]))
                 collector.agents.status_received(agent_id, message.fields, time.time())
             elif isinstance(message, Bye):
                 # Ack what is in flight, then close normally.
@@ -106,7 +120,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
             # Let batches already handed over finish committing; their acks may not arrive.
             acker.cancel()
         if registered:
-            collector.agents.disconnected(agent_id)
+            collector.agents.disconnected(agent_id, session.epoch)
             log.info("agent %s disconnected (%s)", agent_id, peer)
 
 
@@ -121,13 +135,28 @@ async def _send_acks(collector: Collector, ws: ServerConnection,
             await future
         except Exception:
             # The commit failed (logged by the batcher): no ack; the agent will resend.
+            # Whatever the reader hands over from now on is taken unacked, so it never
+            # waits on a full queue for an acker that is gone (its agent would look
+            # connected, a stop would wait for it): what is queued at once, then the
+            # rest until the reader is done (None, after a bye) or cancels us.
+            done = _discard_queued(pending)
             await ws.close(1011, "storage failure")
+            while not done:
+                done = await pending.get() is None
             return
         try:
             await ws.send(protocol.encode(Ack(seq)))
         except ConnectionClosed:
             return
         collector.metrics.acks.inc()
+
+
+def _discard_queued(pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> bool:
+    """Empty the queue without waiting; whether it held the reader's end (None)."""
+    ended = False
+    while not pending.empty():
+        ended = pending.get_nowait() is None or ended
+    return ended
 
 
 def _failed(future: asyncio.Future[int] | None) -> bool:

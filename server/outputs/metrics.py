@@ -9,10 +9,9 @@ with nothing to clean up.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -56,11 +55,19 @@ class CollectorMetrics:
         self.readings_duplicate = Counter(
             "sensor_edge_readings_duplicate", "Readings received again and not stored twice",
             registry=r)
+        self.readings_conflicting = Counter(
+            "sensor_edge_readings_conflicting",
+            "Duplicates whose values differ from the stored reading (the stored one is kept)",
+            registry=r)
         self.readings_expired = Counter(
             "sensor_edge_readings_expired", "Readings deleted by retention", registry=r)
         self.batches = Counter("sensor_edge_batches", "Readings batches received", registry=r)
         self.acks = Counter("sensor_edge_acks", "Acks sent", registry=r)
         self.commits = Counter("sensor_edge_commits", "Storage transactions", registry=r)
+        self.commit_hook_failures = Counter(
+            "sensor_edge_commit_hook_failures",
+            "Commits after which updating counters, the live feed or an output failed "
+            "(acks still went out)", registry=r)
         self.commit_seconds = Histogram(
             "sensor_edge_commit_seconds", "Time to commit one group of batches", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
@@ -68,6 +75,12 @@ class CollectorMetrics:
             "sensor_edge_agents_connected", "Agent connections open now", registry=r)
         self.live_clients = Gauge(
             "sensor_edge_live_clients", "Browsers connected to /v1/live now", registry=r)
+        self.live_clients_dropped = Counter(
+            "sensor_edge_live_clients_dropped",
+            "Browsers dropped from /v1/live for falling too far behind", registry=r)
+        self.status_fields_dropped = Counter(
+            "sensor_edge_status_fields_dropped",
+            "Agent status fields ignored for a wrong type or a value out of range", registry=r)
         self.protocol_errors = Counter(
             "sensor_edge_protocol_errors", "Connections closed for bad input, by error code",
             ["code"], registry=r)
@@ -75,8 +88,9 @@ class CollectorMetrics:
             "sensor_edge_auth_failures", "Handshakes refused for a missing or unknown token",
             registry=r)
         self.connections_refused = Counter(
-            "sensor_edge_connections_refused", "Handshakes refused at limits.max_connections",
-            registry=r)
+            "sensor_edge_connections_refused",
+            "WebSocket handshakes refused with 503, by the limit they would have passed",
+            ["limit"], registry=r)
         self.rate_limited_seconds = Counter(
             "sensor_edge_rate_limited_seconds",
             "Time agent connections were paused for limits.max_readings_per_second", registry=r)
@@ -190,26 +204,22 @@ class AgentsCollector:
                 seen.add_metric(labels, state.last_seen)
             if state.clock_offset is not None:
                 offset.add_metric(labels, state.clock_offset)
+            # The protocol checked every field kept (protocol.STATUS_FIELDS): numbers
+            # are finite floats or counts that fit a float, names printable text.
             status = state.status or {}
-            # A status is the agent's word: export only the numbers that are numbers.
             for family, key in ((backlog, "buffer_depth"), (oldest, "buffer_oldest_age"),
                                 (dropped, "dropped"), (uptime, "uptime")):
-                value = _number(status.get(key))
+                value = status.get(key)
                 if value is not None:
-                    family.add_metric(labels, value)
-            sensors = status.get("sensors")
-            if isinstance(sensors, dict):
-                for name, counts in sorted(sensors.items()):
-                    if not isinstance(counts, dict):
-                        continue
-                    for family, key in ((reads, "good"), (failures, "failed"),
-                                        (failing, "consecutive_failures")):
-                        value = _number(counts.get(key))
-                        if value is not None:
-                            family.add_metric([state.id, self._label(str(name))], value)
+                    family.add_metric(labels, float(value))
+            for name, counts in sorted(status.get("sensors", {}).items()):
+                for family, key in ((reads, "good"), (failures, "failed"),
+                                    (failing, "consecutive_failures")):
+                    value = counts.get(key)
+                    if value is not None:
+                        family.add_metric([state.id, self._label(name)], float(value))
         yield from (up, stale, seen, offset, backlog, oldest, dropped, uptime, reads, failures,
                     failing)
-
 
     def _label(self, name: str) -> str:
         """A label value the exposition can encode: prometheus_client escapes backslash,
@@ -221,10 +231,3 @@ class AgentsCollector:
             self._escaped.record("prometheus_label", name, f"escaped as {escaped!r}")
             return escaped
         return name
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None

@@ -37,6 +37,13 @@ class Batch:
         return self.rows[len(self.rows) - added:] if added > 0 else []
 
 
+def differing(received: list[Reading], stored: list[Reading]) -> list[tuple[Reading, Reading]]:
+    """(stored, received) for each received reading whose seq is stored with other values."""
+    by_seq = {row[0]: row for row in stored}
+    return [(by_seq[row[0]], row) for row in received
+            if row[0] in by_seq and by_seq[row[0]] != row]
+
+
 @dataclass(frozen=True)
 class ReadingQuery:
     agent: str | None = None
@@ -50,6 +57,11 @@ class ReadingQuery:
 class Storage(Protocol):
     def store(self, batches: list[Batch], now: float) -> list[int]:
         """Store every batch in one transaction; return how many rows each added."""
+
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        """(stored, received) for each reading of ``batch`` already stored with other
+        values: the same (agent, epoch, seq) read twice, by two machines. Called
+        only for a batch that had duplicates, after its commit."""
 
     def acked(self, agent: str, epoch: str) -> int:
         """The highest seq stored for this agent and epoch (0 if none)."""
@@ -73,8 +85,10 @@ class Storage(Protocol):
         """
 
     def delete_older_than(self, cutoff: float, limit: int) -> int:
-        """Delete up to ``limit`` readings with ``ts < cutoff`` in one short
-        transaction; return how many were deleted (fewer than ``limit``: done).
+        """Delete up to ``limit`` readings read (``ts``) and received before
+        ``cutoff`` in one short transaction; return how many were deleted (fewer
+        than ``limit``: done). Rows stored before received times were kept go by
+        ``ts`` alone.
 
         Called from the writer thread between commits; the per-epoch acked seq
         is kept, so an agent is never asked to resend an expired reading.

@@ -21,9 +21,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from sensor_edge.runtime.service import StartupError
-from sensor_edge.server.storage import (READING_COLUMNS, Batch, ReadingQuery, alert_state,
-                                        ha_entity_ids, safe_url)
-from sensor_edge.server.storage.sqlite import _filters, _newest_window
+from sensor_edge.contract.protocol import Reading
+from sensor_edge.server.storage import (
+    READING_COLUMNS,
+    Batch,
+    ReadingQuery,
+    alert_state,
+    differing,
+    ha_entity_ids,
+    safe_url,
+)
+from sensor_edge.server.storage.sqlite import _STORED_ROWS, EXPIRED, _filters, _newest_window
 
 log = logging.getLogger("sensor_edge.collector.storage")
 
@@ -102,6 +110,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (agent, sensor, metric)
         )""",
     )),
+    # When the collector stored each reading (its own clock): retention keys on it
+    # too. NULL in rows stored before, which expire by ts alone.
+    (4, "readings.received", (
+        "ALTER TABLE readings ADD COLUMN received DOUBLE PRECISION",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -122,10 +135,11 @@ _COPY_STAGING = ("COPY incoming (batch, agent, epoch, seq, sensor, metric, value
                  "FROM STDIN (FORMAT BINARY)")
 _COPY_STAGING_TYPES = ("int4", "text", "text", "int8", "text", "text", "float8", "text",
                        "float8")
-_COPY_DIRECT = f"COPY readings ({', '.join(READING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_COPY_DIRECT_TYPES = _COPY_STAGING_TYPES[1:]
-_INSERT = (f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) "
-           f"SELECT {', '.join(READING_COLUMNS)} FROM incoming ON CONFLICT DO NOTHING")
+_COPY_DIRECT = (f"COPY readings ({', '.join(READING_COLUMNS)}, received) "
+                "FROM STDIN (FORMAT BINARY)")
+_COPY_DIRECT_TYPES = (*_COPY_STAGING_TYPES[1:], "float8")
+_INSERT = (f"INSERT INTO readings ({', '.join(READING_COLUMNS)}, received) "
+           f"SELECT {', '.join(READING_COLUMNS)}, %s FROM incoming ON CONFLICT DO NOTHING")
 # Only when some rows were duplicates: which batch each new row came from. A
 # row this transaction inserted carries its xid; a key sent twice in one group
 # counts for the first batch that sent it.
@@ -146,6 +160,8 @@ SELECT a.id, %s, a.added FROM unnest(%s::text[], %s::bigint[]) AS a(id, added)
 ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(agents.last_seen, excluded.last_seen),
                                readings = agents.readings + excluded.readings"""
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+_SYNCHRONOUS_COMMIT = ("SELECT set_config('synchronous_commit', 'on', false) "
+                       "WHERE current_setting('synchronous_commit') = 'off'")
 
 
 def _driver():
@@ -184,15 +200,17 @@ def migrate(db: Any) -> int:
     return found
 
 
-def _write(copy: Any, batches: list[Batch], order: list[int], with_index: bool) -> None:
+def _write(copy: Any, batches: list[Batch], order: list[int], with_index: bool,
+           received: float | None = None) -> None:
     """Every row of the group into a COPY, in `order`; each led by its batch's index
-    in the group when ``with_index``."""
+    in the group when ``with_index``, and followed by ``received`` when given."""
     write = copy.write_row
+    tail = () if received is None else (received,)
     for i in order:
         batch = batches[i]
         lead = (i, batch.agent, batch.epoch) if with_index else (batch.agent, batch.epoch)
         for row in batch.rows:
-            write((*lead, *row))
+            write((*lead, *row, *tail))
 
 
 class PostgresStorage:
@@ -208,6 +226,10 @@ class PostgresStorage:
 
         def prepare(db: Any) -> None:
             db.execute(_STAGING)
+            # An ack promises the batch is on disk; the server's (or the database's)
+            # `synchronous_commit = off` would ack before the WAL is flushed.
+            # Stronger choices (remote_apply) are left alone.
+            db.execute(_SYNCHRONOUS_COMMIT)
 
         # check: a connection the server dropped while it sat in the pool (a restart,
         # a failover, an idle timeout) is replaced before use, not failed on.
@@ -241,10 +263,10 @@ class PostgresStorage:
                 # group takes the staging path, which skips what is stored.
                 with db.transaction(), cur.copy(_COPY_DIRECT) as copy:
                     copy.set_types(_COPY_DIRECT_TYPES)
-                    _write(copy, batches, order, with_index=False)
+                    _write(copy, batches, order, with_index=False, received=now)
                 added = [len(b.rows) for b in batches]
             except self._errors.UniqueViolation:
-                added = self._store_staged(cur, batches, order)
+                added = self._store_staged(cur, batches, order, now)
             acked: dict[tuple[str, str], int] = {}
             per_agent: dict[str, int] = {}
             for batch, count in zip(batches, added):
@@ -259,18 +281,25 @@ class PostgresStorage:
             cur.execute(_AGENTS, (now, ids, [per_agent[a] for a in ids]))
         return added
 
-    def _store_staged(self, cur: Any, batches: list[Batch], order: list[int]) -> list[int]:
+    def _store_staged(self, cur: Any, batches: list[Batch], order: list[int],
+                      now: float) -> list[int]:
         """Stage the group, insert what is new; how many rows each batch added."""
         with cur.copy(_COPY_STAGING) as copy:
             copy.set_types(_COPY_STAGING_TYPES)
             _write(copy, batches, order, with_index=True)
-        cur.execute(_INSERT)
+        cur.execute(_INSERT, (now,))
         added = [len(b.rows) for b in batches]
         if cur.rowcount != sum(added):
             added = [0] * len(batches)
             for i, count in cur.execute(_ADDED_PER_BATCH):
                 added[i] = count
         return added
+
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        with self._pool.connection() as db:
+            stored = db.execute(_STORED_ROWS.replace("?", "%s"), (
+                batch.agent, batch.epoch, batch.rows[0][0], batch.rows[-1][0])).fetchall()
+        return differing(batch.rows, stored)
 
     def acked(self, agent: str, epoch: str) -> int:
         with self._pool.connection() as db:
@@ -297,7 +326,8 @@ class PostgresStorage:
         with self._pool.connection() as db:
             return db.execute(
                 "DELETE FROM readings WHERE ctid = ANY(ARRAY("
-                "SELECT ctid FROM readings WHERE ts < %s LIMIT %s))", (cutoff, limit)).rowcount
+                f"SELECT ctid FROM readings WHERE {EXPIRED.replace('?', '%s')} LIMIT %s))",
+                (cutoff, cutoff, limit)).rowcount
 
     def agents(self) -> list[dict[str, Any]]:
         with self._pool.connection() as db:

@@ -9,10 +9,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from sensor_edge.server.storage import (READING_COLUMNS, Batch, ReadingQuery, alert_state,
-                                        ha_entity_ids)
+from sensor_edge.contract.protocol import Reading
+from sensor_edge.server.storage import (
+    READING_COLUMNS,
+    Batch,
+    ReadingQuery,
+    alert_state,
+    differing,
+    ha_entity_ids,
+)
 
-SCHEMA_VERSION = 3
+# 2: alert_state. 3: ha_entity_ids. 4: readings.received (retention keys on it
+# too), added to an older file on open.
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
@@ -23,6 +32,8 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     unit TEXT NOT NULL,
     ts REAL NOT NULL,
+    -- version 4: when the collector stored it (its own clock); NULL in older rows
+    received REAL,
     PRIMARY KEY (agent, epoch, seq)
 );
 CREATE INDEX IF NOT EXISTS readings_by_time ON readings (ts);
@@ -64,8 +75,9 @@ CREATE TABLE IF NOT EXISTS ha_entity_ids (
 """
 
 _INSERT = (
-    "INSERT OR IGNORE INTO readings (agent, epoch, seq, sensor, metric, value, unit, ts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO readings "
+    "(agent, epoch, seq, sensor, metric, value, unit, ts, received) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -80,6 +92,9 @@ class SQLiteStorage:
         db = self._connection()
         with db:
             db.executescript(SCHEMA)
+            columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
+            if "received" not in columns:  # a file from before version 4
+                db.execute("ALTER TABLE readings ADD COLUMN received REAL")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _connection(self) -> sqlite3.Connection:
@@ -105,7 +120,7 @@ class SQLiteStorage:
             for batch in batches:
                 before = db.total_changes
                 agent, epoch = batch.agent, batch.epoch
-                db.executemany(_INSERT, [(agent, epoch, *row) for row in batch.rows])
+                db.executemany(_INSERT, [(agent, epoch, *row, now) for row in batch.rows])
                 count = db.total_changes - before
                 added.append(count)
                 per_agent[agent] = per_agent.get(agent, 0) + count
@@ -124,9 +139,15 @@ class SQLiteStorage:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
         return added
+
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        stored = self._connection().execute(
+            _STORED_ROWS, (batch.agent, batch.epoch, batch.rows[0][0], batch.rows[-1][0])
+        ).fetchall()
+        return differing(batch.rows, stored)
 
     def acked(self, agent: str, epoch: str) -> int:
         row = self._connection().execute(
@@ -162,11 +183,11 @@ class SQLiteStorage:
         db.execute("BEGIN IMMEDIATE")
         try:
             deleted = db.execute(
-                "DELETE FROM readings WHERE rowid IN "
-                "(SELECT rowid FROM readings WHERE ts < ? LIMIT ?)", (cutoff, limit)).rowcount
+                "DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings "
+                f"WHERE {EXPIRED} LIMIT ?)", (cutoff, cutoff, limit)).rowcount
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             raise
         return deleted
 
@@ -218,7 +239,25 @@ class SQLiteStorage:
                 pass
 
 
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Roll back a failed transaction, if SQLite has not already.
+
+    On SQLITE_FULL, SQLITE_IOERR and a few others SQLite rolls back by itself;
+    a ROLLBACK then would raise "no transaction is active" and hide the real error.
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+# What retention deletes: read and received before the cutoff. The ts index
+# finds them; a reading stamped near 1970 by a Pi before time sync waits until
+# it was received long enough ago. Rows from before `received` go by ts alone.
+# (PostgreSQL's driver writes each ? as %s.)
+EXPIRED = "ts < ? AND (received < ? OR received IS NULL)"
+# The rows of one agent epoch's seq range, shaped like a batch's (protocol.Reading).
+_STORED_ROWS = ("SELECT seq, sensor, metric, value, unit, ts FROM readings "
+                "WHERE agent = ? AND epoch = ? AND seq BETWEEN ? AND ?")
 
 
 def _newest_window(execute: Callable[..., Any], query: ReadingQuery,

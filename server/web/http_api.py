@@ -143,13 +143,11 @@ async def unauthorized(collector: Collector, address: str) -> Response:
     return response
 
 
-def too_many_connections(collector: Collector) -> Response | None:
-    """A 503 when `limits.max_connections` WebSocket connections are open already."""
-    if collector.open_connections < collector.config.limits.max_connections:
-        return None
-    collector.metrics.connections_refused.inc()
+def too_many_connections(collector: Collector, limit: str) -> Response:
+    """A 503 for a handshake past one of the connection budgets (`limits.<limit>`)."""
+    collector.metrics.connections_refused.labels(limit).inc()
     response = respond_json(503, {"error": "too_many_connections",
-                                  "detail": "the collector is at its connection limit"})
+                                  "detail": f"the collector is at limits.{limit}"})
     response.headers["Retry-After"] = "5"
     return response
 
@@ -164,9 +162,9 @@ async def admit(collector: Collector, connection: ServerConnection,
             agent_id = agent_for_token(collector, one_header(request, "Authorization"))
             if agent_id is None:
                 return await unauthorized(collector, address)
-            refused = too_many_connections(collector)
+            refused = collector.admit_agent(connection, agent_id)
             if refused is not None:
-                return refused
+                return too_many_connections(collector, refused)
             connection.agent_id = agent_id  # type: ignore[attr-defined]
             return None
         refused = wrong_host(collector, request)
@@ -174,13 +172,13 @@ async def admit(collector: Collector, connection: ServerConnection,
             return refused
         if not api_token_ok(collector, request):
             return await unauthorized(collector, address)
-        refused = too_many_connections(collector)
-        if refused is not None:
-            return refused
         if not same_origin(one_header(request, "Origin"), one_header(request, "Host"),
                            collector.hosts):
             return respond_json(403, {"error": "forbidden",
                                       "detail": "the live feed is for this collector's own page"})
+        refused = collector.admit_live(connection)
+        if refused is not None:
+            return too_many_connections(collector, refused)
         connection.live = True  # type: ignore[attr-defined]
         return None
     except BadRequest as e:
