@@ -1,4 +1,9 @@
-"""The collector process: wires connection, batcher, storage and HTTP together."""
+"""The collector process: builds the stages and wires them together.
+
+Each stage gets what it needs and nothing more: agents' connections an
+:class:`~.ingest.connection.Ingest`, the web face a :class:`~.web.http_api.Web`,
+the outputs the commit hook. This is the one module that knows them all.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, serve
+from websockets.http11 import Request, Response
 
 from sensor_edge.config.model import CollectorConfig
 from sensor_edge.runtime.tls import server_context
@@ -19,9 +25,9 @@ from sensor_edge.server.web import http_api
 from sensor_edge.server.ingest.agents import AgentRegistry
 from sensor_edge.server.outputs.alerts import Alerts
 from sensor_edge.server.ingest.batcher import Batcher
-from sensor_edge.server.ingest.connection import serve_agent
-from sensor_edge.server.hosts import AllowedHosts, own_names
-from sensor_edge.server.web.http_server import HTTPFront, chunks_from_thread
+from sensor_edge.server.ingest.connection import Ingest, IngestCounters, serve_agent
+from sensor_edge.server.web.hosts import AllowedHosts, own_names
+from sensor_edge.server.web.http_server import HTTPFront, SortingConnection, chunks_from_thread
 from sensor_edge.server.ingest.limits import ConnectionBudget, FailedLogins
 from sensor_edge.server.outputs.live import LiveFeed
 from sensor_edge.server.outputs.metrics import CollectorMetrics
@@ -97,7 +103,21 @@ class Collector:
         tls = server_context(self.config.tls) if self.config.tls is not None else None
         _raise_open_file_limit(self.config.limits.max_connections
                                + self.config.limits.max_live_connections)
-        self._front = HTTPFront(http_api.WEBSOCKET_PATHS, functools.partial(http_api.answer, self),
+        m = self.metrics
+        self._ingest = Ingest(
+            limits=self.config.limits, batcher=self.batcher, agents=self.agents,
+            acked=functools.partial(self.read, self.storage.acked),
+            counters=IngestCounters(
+                protocol_errors=m.protocol_errors, batches=m.batches,
+                readings_received=m.readings_received,
+                rate_limited_seconds=m.rate_limited_seconds,
+                status_fields_dropped=m.status_fields_dropped, acks=m.acks))
+        self._web = http_api.Web(
+            config=self.config, metrics=m, agents=self.agents, alerts=self.alerts,
+            storage=self.storage, hosts=self.hosts, failed_logins=self.failed_logins,
+            connections=self.connections, stream=self.stream)
+        self._front = HTTPFront(http_api.WEBSOCKET_PATHS, functools.partial(http_api.answer,
+                                                                            self._web),
                                 timeout=self.config.limits.handshake_timeout,
                                 server_header=SERVER_HEADER)
         self._server = await serve(
@@ -109,7 +129,7 @@ class Collector:
             open_timeout=self.config.limits.handshake_timeout,
             # Every connection is sorted first: plain HTTP to the front, WebSocket paths on.
             create_connection=self._front.connection,
-            process_request=functools.partial(http_api.admit, self),
+            process_request=self._admit,
             max_size=self.config.limits.max_frame_bytes,
             # Readings are small JSON; compressing them costs more CPU than it saves.
             compression=None,
@@ -151,37 +171,26 @@ class Collector:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
 
-    def admit_agent(self, ws: ServerConnection, agent_id: str) -> str | None:
-        """Count an agent's handshake until its connection ends; None, or the limit
-        it would pass (then it is refused, and not counted)."""
-        refused = self.connections.take_agent(agent_id)
-        if refused is None:
-            # Every connection ends here, whether or not its handler ever ran.
-            ws.connection_lost_waiter.add_done_callback(
-                lambda _: self.connections.release_agent(agent_id))
-        return refused
+    async def _admit(self, ws: SortingConnection, request: Request) -> Response | None:
+        """websockets' `process_request`: a refusal, or None with the route noted on ``ws``."""
+        decision = await http_api.admit(self._web, ws, request)
+        if isinstance(decision, Response):
+            return decision
+        ws.route = decision
+        return None
 
-    def admit_live(self, ws: ServerConnection) -> str | None:
-        """The same for a browser's handshake on /v1/live, in the browsers' budget."""
-        refused = self.connections.take_live()
-        if refused is None:
-            ws.connection_lost_waiter.add_done_callback(
-                lambda _: self.connections.release_live())
-        return refused
-
-    async def _handle(self, ws: ServerConnection) -> None:
-        if getattr(ws, "live", False):  # a browser on /v1/live
+    async def _handle(self, ws: SortingConnection) -> None:
+        route = ws.route
+        if isinstance(route, http_api.LiveStream):
             await self.live.serve(ws)
-            return
-        agent_id = getattr(ws, "agent_id", None)
-        if agent_id is None:  # an upgrade on a path other than /v1/stream
+        elif isinstance(route, http_api.AgentStream):
+            self.metrics.agents_connected.inc()
+            try:
+                await serve_agent(self._ingest, ws, route.agent_id)
+            finally:
+                self.metrics.agents_connected.dec()
+        else:  # pragma: no cover - the front lets only the routes' paths upgrade
             await ws.close(1008, "unknown endpoint")
-            return
-        self.metrics.agents_connected.inc()
-        try:
-            await serve_agent(self, ws, agent_id)
-        finally:
-            self.metrics.agents_connected.dec()
 
     def _committed(self, batches: list[Batch], added: list[int], seconds: float) -> None:
         now = time.time()

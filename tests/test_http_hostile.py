@@ -10,8 +10,8 @@ import pytest
 from conftest import TOKENS
 from processes import HOST, Collector, fill_sqlite, http_exchange, http_request
 from sensor_edge.config.loader import ConfigError, load_collector_config
-from sensor_edge.server.hosts import AllowedHosts
-from sensor_edge.server.outputs.live import same_origin
+from sensor_edge.server.web.hosts import AllowedHosts
+from sensor_edge.server.web.hosts import same_origin
 
 API_TOKEN = "api-token-0123456789abcdef"
 COOKIE = f"sensor_edge_api_token={API_TOKEN}"

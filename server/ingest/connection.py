@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
@@ -21,7 +23,11 @@ from sensor_edge.contract.session import CollectorSession
 from sensor_edge.server.storage import Batch
 
 if TYPE_CHECKING:
-    from sensor_edge.server.collector import Collector
+    from prometheus_client import Counter
+
+    from sensor_edge.config.model import Limits
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.ingest.batcher import Batcher
 
 log = logging.getLogger("sensor_edge.collector.connection")
 
@@ -29,13 +35,37 @@ log = logging.getLogger("sensor_edge.collector.connection")
 MAX_PENDING_BATCHES = 64
 
 
-async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str) -> None:
-    limits = collector.config.limits
+@dataclass(frozen=True)
+class IngestCounters:
+    """The counters an agent's connection moves (the collector's /metrics owns them)."""
+
+    protocol_errors: Counter  # labelled by error code
+    batches: Counter
+    readings_received: Counter
+    rate_limited_seconds: Counter
+    status_fields_dropped: Counter
+    acks: Counter
+
+
+@dataclass(frozen=True)
+class Ingest:
+    """What serving an agent's connection takes, and nothing else of the collector."""
+
+    limits: Limits
+    batcher: Batcher
+    agents: AgentRegistry
+    # (agent, epoch) -> the highest seq stored: a storage read, off the event loop.
+    acked: Callable[[str, str], Awaitable[int]]
+    counters: IngestCounters
+
+
+async def serve_agent(ingest: Ingest, ws: ServerConnection, agent_id: str) -> None:
+    limits = ingest.limits
     session = CollectorSession(agent_id, max_frame_bytes=limits.max_frame_bytes,
                            max_batch_readings=limits.max_batch_readings)
     pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None] = asyncio.Queue(
         MAX_PENDING_BATCHES)
-    acker = asyncio.create_task(_send_acks(collector, ws, pending))
+    acker = asyncio.create_task(_send_acks(ingest, ws, pending))
     loop = asyncio.get_running_loop()
     # A burst of two full batches: a reconnecting agent's first window goes through at once.
     rate = ReadingRate(limits.max_readings_per_second,
@@ -50,7 +80,7 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
             try:
                 message = session.receive(frame)
             except ProtocolError as e:
-                collector.metrics.protocol_errors.labels(e.code).inc()
+                ingest.counters.protocol_errors.labels(e.code).inc()
                 log.warning("agent %s (%s): %s; closing with %d", agent_id, peer, e,
                             e.close_code)
                 await ws.send(protocol.error_frame(e))
@@ -64,25 +94,24 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                     # batch must not be stored without it; the agent resends both.
                     await ws.close(1011, "storage failure")
                     break
-                collector.metrics.batches.inc()
-                collector.metrics.readings_received.inc(len(message.readings))
-                future = collector.batcher.submit(Batch(agent_id, session.epoch, message.readings))
+                ingest.counters.batches.inc()
+                ingest.counters.readings_received.inc(len(message.readings))
+                future = ingest.batcher.submit(Batch(agent_id, session.epoch, message.readings))
                 await pending.put((future, message.last_seq))
                 pause = rate.take(len(message.readings), loop.time())
                 if pause > 0:
                     # Stop reading this agent for a while: TCP backpressure slows it down.
-                    collector.metrics.rate_limited_seconds.inc(pause)
+                    ingest.counters.rate_limited_seconds.inc(pause)
                     await asyncio.sleep(pause)
             elif isinstance(message, Hello):
                 try:
-                    acked = await collector.read(collector.storage.acked, agent_id,
-                                                 message.epoch)
+                    acked = await ingest.acked(agent_id, message.epoch)
                 except Exception as e:  # the database is down or restarting: the agent retries
                     log.error("agent %s: cannot look up what is stored: %s", agent_id, e)
                     await ws.close(1011, "storage unavailable")
                     break
                 now = time.time()
-                state = collector.agents.connected(message, now)
+                state = ingest.agents.connected(message, now)
                 registered = True
                 await ws.send(protocol.encode(Welcome(acked=acked, time=now)))
                 offset = state.clock_offset
@@ -101,12 +130,12 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
                                 -offset)
             elif isinstance(message, Status):
                 if message.dropped:
-                    collector.metrics.status_fields_dropped.inc(len(message.dropped))
+                    ingest.counters.status_fields_dropped.inc(len(message.dropped))
                     if not warned_status:  # once per connection: an agent sends one every 10 s
                         warned_status = True
                         log.warning("agent %s: status fields of the wrong type or out of range "
                                     "ignored: %s", agent_id, ", ".join(message.dropped[:10]))
-                collector.agents.status_received(agent_id, message.fields, time.time())
+                ingest.agents.status_received(agent_id, message.fields, time.time())
             elif isinstance(message, Bye):
                 # Ack what is in flight, then close normally.
                 await pending.put(None)
@@ -120,11 +149,11 @@ async def serve_agent(collector: Collector, ws: ServerConnection, agent_id: str)
             # Let batches already handed over finish committing; their acks may not arrive.
             acker.cancel()
         if registered:
-            collector.agents.disconnected(agent_id, session.epoch)
+            ingest.agents.disconnected(agent_id, session.epoch)
             log.info("agent %s disconnected (%s)", agent_id, peer)
 
 
-async def _send_acks(collector: Collector, ws: ServerConnection,
+async def _send_acks(ingest: Ingest, ws: ServerConnection,
                      pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> None:
     while True:
         item = await pending.get()
@@ -148,7 +177,7 @@ async def _send_acks(collector: Collector, ws: ServerConnection,
             await ws.send(protocol.encode(Ack(seq)))
         except ConnectionClosed:
             return
-        collector.metrics.acks.inc()
+        ingest.counters.acks.inc()
 
 
 def _discard_queued(pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> bool:

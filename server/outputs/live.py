@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
@@ -24,7 +23,6 @@ from sensor_edge.server.storage import READING_COLUMNS, Batch
 
 if TYPE_CHECKING:
     from sensor_edge.server.ingest.agents import AgentRegistry
-    from sensor_edge.server.hosts import AllowedHosts
     from sensor_edge.server.outputs.metrics import CollectorMetrics
 
 log = logging.getLogger("sensor_edge.collector.live")
@@ -43,26 +41,6 @@ READINGS_PER_MESSAGE = 1000
 # A dropped browser gets this long to read its backlog and the close frame that
 # says why, before its socket (and whatever it still holds) is cut.
 DROP_GRACE = 5.0
-
-
-def same_origin(origin: str | None, host: str | None, ours: AllowedHosts) -> bool:
-    """May a handshake with this `Origin` use the feed of the server at `Host`?
-
-    No Origin: not a browser (curl, a script), which could forge one anyway.
-    A browser always sends it, and it must name this very host and port. Both
-    are the attacker's choice after a DNS rebinding, so agreeing is not enough:
-    the name they agree on must be one of this collector's.
-    """
-    if origin is None:
-        return True
-    if not host:
-        return False
-    try:
-        parts = urlsplit(origin)
-    except ValueError:  # "http://[": not an origin at all
-        return False
-    return (parts.scheme in ("http", "https") and ours.allows(parts.netloc)
-            and parts.netloc.lower() == host.strip().lower())
 
 
 class LiveFeed:

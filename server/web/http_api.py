@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -29,14 +30,20 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from sensor_edge.server.web import dashboard
-from sensor_edge.server.commands.export import counted_in, csv_lines
+from sensor_edge.server.outputs.formats import counted_in, csv_lines
 from sensor_edge.server.web.http_server import StreamedResponse, request_path
-from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
+from sensor_edge.server.outputs.live import LIVE_PATH
+from sensor_edge.server.web.hosts import same_origin
 from sensor_edge.contract.protocol import STREAM_PATH
 from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, Storage, iter_newest
 
 if TYPE_CHECKING:
-    from sensor_edge.server.collector import Collector
+    from sensor_edge.config.model import CollectorConfig
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.ingest.limits import ConnectionBudget, FailedLogins
+    from sensor_edge.server.outputs.alerts import Alerts
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
+    from sensor_edge.server.web.hosts import AllowedHosts
 
 log = logging.getLogger("sensor_edge.collector.http")
 
@@ -55,6 +62,37 @@ ENCODE_ROWS = 500
 
 class BadRequest(Exception):
     pass
+
+
+@dataclass
+class Web:
+    """What the web face reads and counts, and nothing else of the collector."""
+
+    config: CollectorConfig
+    metrics: CollectorMetrics
+    agents: AgentRegistry
+    alerts: Alerts
+    storage: Storage
+    hosts: AllowedHosts  # the Host names it answers to (DNS rebinding)
+    failed_logins: FailedLogins
+    connections: ConnectionBudget  # the WebSocket budgets, agents' and browsers'
+    # Runs a blocking read-and-encode on a reader thread, its chunks as they come.
+    stream: Callable[[Callable[[], Iterator[bytes]]], AsyncGenerator[bytes, None]]
+
+
+@dataclass(frozen=True)
+class AgentStream:
+    """Where :func:`admit` sends a handshake on `/v1/stream`: this agent's link."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True)
+class LiveStream:
+    """Where :func:`admit` sends a browser's handshake on `/v1/live`: the live feed."""
+
+
+Route = AgentStream | LiveStream
 
 
 def respond(status: int, body: bytes | str, content_type: str) -> Response:
@@ -82,26 +120,26 @@ def one_header(request: Request, name: str) -> str | None:
     return values[0] if values else None
 
 
-def wrong_host(collector: Collector, request: Request) -> Response | None:
+def wrong_host(web: Web, request: Request) -> Response | None:
     """A 421 unless `Host` is one of this collector's names (DNS rebinding, docs/security.md)."""
     host = one_header(request, "Host")
     if host is None:
         raise BadRequest("a Host header is required")
-    if collector.hosts.allows(host):
+    if web.hosts.allows(host):
         return None
     return respond_json(421, {"error": "unknown_host", "detail": (
         f"this collector does not answer to the name {host[:100]!r}; "
         "its operator can add it to listen.allowed_hosts")})
 
 
-def agent_for_token(collector: Collector, authorization: str | None) -> str | None:
+def agent_for_token(web: Web, authorization: str | None) -> str | None:
     """The agent a `Bearer` token belongs to, compared in constant time."""
     if not authorization or not authorization.startswith("Bearer "):
         return None
     offered = authorization[len("Bearer "):].strip().encode()
     offered_hash = hashlib.sha256(offered).hexdigest().encode()
     found = None
-    for credential in collector.config.agents:
+    for credential in web.config.agents:
         # Check every credential, so the time taken says nothing about which matched.
         if credential.token is not None:
             match = hmac.compare_digest(offered, credential.token.encode())
@@ -112,10 +150,10 @@ def agent_for_token(collector: Collector, authorization: str | None) -> str | No
     return found
 
 
-def api_token_ok(collector: Collector, request: Request) -> bool:
+def api_token_ok(web: Web, request: Request) -> bool:
     """With `api.token` set: does the request carry it (header, or the dashboard's cookie)?"""
     authorization = one_header(request, "Authorization")  # two of them: 400, token or not
-    expected = collector.config.api_token
+    expected = web.config.api_token
     if expected is None:
         return True
     offered = ""
@@ -130,71 +168,78 @@ def api_token_ok(collector: Collector, request: Request) -> bool:
     return hmac.compare_digest(offered.encode(), expected.encode())
 
 
-async def unauthorized(collector: Collector, address: str) -> Response:
+async def unauthorized(web: Web, address: str) -> Response:
     """A 401, after a delay that grows with the bad tokens this address has sent."""
-    collector.metrics.auth_failures.inc()
-    delay = collector.failed_logins.failed(address, time.monotonic())
+    web.metrics.auth_failures.inc()
+    delay = web.failed_logins.failed(address, time.monotonic())
     if delay > 0:
         # Under half the handshake timeout, so the client still gets its answer.
-        await asyncio.sleep(min(delay, collector.config.limits.handshake_timeout / 2))
+        await asyncio.sleep(min(delay, web.config.limits.handshake_timeout / 2))
     response = respond_json(401, {"error": "unauthorized",
                                   "detail": "a valid 'Authorization: Bearer' token is required"})
     response.headers["WWW-Authenticate"] = 'Bearer realm="sensor-collector"'
     return response
 
 
-def too_many_connections(collector: Collector, limit: str) -> Response:
+def too_many_connections(web: Web, limit: str) -> Response:
     """A 503 for a handshake past one of the connection budgets (`limits.<limit>`)."""
-    collector.metrics.connections_refused.labels(limit).inc()
+    web.metrics.connections_refused.labels(limit).inc()
     response = respond_json(503, {"error": "too_many_connections",
                                   "detail": f"the collector is at limits.{limit}"})
     response.headers["Retry-After"] = "5"
     return response
 
 
-async def admit(collector: Collector, connection: ServerConnection,
-                request: Request) -> Response | None:
-    """websockets' `process_request` for the WebSocket paths: None lets the upgrade on."""
+async def admit(web: Web, connection: ServerConnection, request: Request) -> Response | Route:
+    """Judge a WebSocket handshake: a refusal, or where its connection goes.
+
+    A connection let through holds its place in a budget until it ends.
+    """
     address = connection.remote_address[0] if connection.remote_address else "?"
     try:
         if request_path(request) == STREAM_PATH:
             # Agents prove who they are with their token: any Host will do.
-            agent_id = agent_for_token(collector, one_header(request, "Authorization"))
+            agent_id = agent_for_token(web, one_header(request, "Authorization"))
             if agent_id is None:
-                return await unauthorized(collector, address)
-            refused = collector.admit_agent(connection, agent_id)
+                return await unauthorized(web, address)
+            refused = web.connections.take_agent(agent_id)
             if refused is not None:
-                return too_many_connections(collector, refused)
-            connection.agent_id = agent_id  # type: ignore[attr-defined]
-            return None
-        refused = wrong_host(collector, request)
+                return too_many_connections(web, refused)
+            _release_when_closed(connection, lambda: web.connections.release_agent(agent_id))
+            return AgentStream(agent_id)
+        refused = wrong_host(web, request)
         if refused is not None:
             return refused
-        if not api_token_ok(collector, request):
-            return await unauthorized(collector, address)
+        if not api_token_ok(web, request):
+            return await unauthorized(web, address)
         if not same_origin(one_header(request, "Origin"), one_header(request, "Host"),
-                           collector.hosts):
+                           web.hosts):
             return respond_json(403, {"error": "forbidden",
                                       "detail": "the live feed is for this collector's own page"})
-        refused = collector.admit_live(connection)
+        refused = web.connections.take_live()
         if refused is not None:
-            return too_many_connections(collector, refused)
-        connection.live = True  # type: ignore[attr-defined]
-        return None
+            return too_many_connections(web, refused)
+        _release_when_closed(connection, web.connections.release_live)
+        return LiveStream()
     except BadRequest as e:
         return respond_json(400, {"error": "bad_request", "detail": str(e)})
 
 
-async def answer(collector: Collector, request: Request,
+def _release_when_closed(connection: ServerConnection, release: Callable[[], None]) -> None:
+    # Every connection ends here, whether or not its handler ever ran.
+    connection.connection_lost_waiter.add_done_callback(lambda _: release())
+
+
+async def answer(web: Web, request: Request,
                  address: str) -> Response | StreamedResponse:
     """The answer to a plain HTTP request (any path but the WebSocket ones)."""
     try:
-        return await _answer(collector, request, address)
+        return await _answer(web, request, address)
     except BadRequest as e:
         return respond_json(400, {"error": "bad_request", "detail": str(e)})
 
 
-async def _answer(collector: Collector, request: Request,
+async def _answer(web: Web, request: Request,
                   address: str) -> Response | StreamedResponse:
     url = urlsplit(request.path)  # readable: the front checked it (request_path)
     path = url.path
@@ -203,37 +248,37 @@ async def _answer(collector: Collector, request: Request,
         response.headers["Allow"] = "GET, HEAD"
         return response
     if path not in ANY_HOST_PATHS:
-        refused = wrong_host(collector, request)
+        refused = wrong_host(web, request)
         if refused is not None:
             return refused
     if path == "/healthz":
         return respond_json(200, {"status": "ok"})
     if path == "/metrics":
-        return respond(200, collector.metrics.render(), collector.metrics.content_type)
-    if path.startswith("/api/") and not api_token_ok(collector, request):
-        return await unauthorized(collector, address)
+        return respond(200, web.metrics.render(), web.metrics.content_type)
+    if path.startswith("/api/") and not api_token_ok(web, request):
+        return await unauthorized(web, address)
     if path == "/api/agents":
-        return respond_json(200, {"agents": collector.agents.as_json()})
+        return respond_json(200, {"agents": web.agents.as_json()})
     if path == "/api/alerts":
-        return respond_json(200, {"alerts": collector.alerts.as_json()})
+        return respond_json(200, {"alerts": web.alerts.as_json()})
     if path in ("/api/readings", "/api/readings.csv"):
         query = reading_query(parse_qs(url.query, keep_blank_values=False))
-        return await readings(collector, query, as_csv=path.endswith(".csv"))
+        return await readings(web, query, as_csv=path.endswith(".csv"))
     asset = dashboard.asset(path)
     if asset is not None:
         return respond(200, *asset)
     return respond_json(404, {"error": "not_found", "detail": f"no such endpoint: {path[:100]}"})
 
 
-async def readings(collector: Collector, query: ReadingQuery,
+async def readings(web: Web, query: ReadingQuery,
                    as_csv: bool) -> Response | StreamedResponse:
     """`/api/readings` or `.csv`: read and encoded on a reader thread, sent as it comes."""
     if as_csv:
-        produce = functools.partial(csv_chunks, collector.storage, query,
-                                    counted_in(collector.metrics.escaped_names))
+        produce = functools.partial(csv_chunks, web.storage, query,
+                                    counted_in(web.metrics.escaped_names))
     else:
-        produce = functools.partial(json_chunks, collector.storage, query)
-    chunks = collector.stream(produce)
+        produce = functools.partial(json_chunks, web.storage, query)
+    chunks = web.stream(produce)
     try:
         # The first chunk comes after the first query: a storage failure can still be a 503.
         first = await anext(chunks)

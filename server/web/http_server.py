@@ -108,6 +108,8 @@ class SortingConnection(ServerConnection):
     def __init__(self, front: HTTPFront, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._front = front
+        # For a WebSocket: where the handshake's judge (process_request) sent it.
+        self.route: object | None = None
         self._websocket = False
         self._raw: bytearray | None = bytearray()
         self._reader = StreamReader()

@@ -55,3 +55,23 @@ class AllowedHosts:
         """Is this `Host` header value (host[:port]) one of ours?"""
         name = host_name(host)
         return name is not None and (is_ip_literal(name) or name in self.names)
+
+
+def same_origin(origin: str | None, host: str | None, ours: AllowedHosts) -> bool:
+    """May a handshake with this `Origin` use the feed of the server at `Host`?
+
+    No Origin: not a browser (curl, a script), which could forge one anyway.
+    A browser always sends it, and it must name this very host and port. Both
+    are the attacker's choice after a DNS rebinding, so agreeing is not enough:
+    the name they agree on must be one of this collector's.
+    """
+    if origin is None:
+        return True
+    if not host:
+        return False
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # "http://[": not an origin at all
+        return False
+    return (parts.scheme in ("http", "https") and ours.allows(parts.netloc)
+            and parts.netloc.lower() == host.strip().lower())
