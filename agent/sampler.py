@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sensor_edge.agent.filters import SensorFilters
+from sensor_edge.contract.status import SensorHealth
 from sensor_edge.agent.sensors import DigitalSensor, Sample, Sensor, SensorReadError
 
 log = logging.getLogger("sensor_edge.agent.sampler")
@@ -40,10 +41,14 @@ class SensorStats:
     last_error: str | None = None
     filters: SensorFilters | None = None  # counts what they held back
 
-    def as_json(self) -> dict:
-        return {"good": self.good, "failed": self.failed, "failures": dict(self.failures),
-                "consecutive_failures": self.consecutive_failures, "last_error": self.last_error,
-                "held_back": self.filters.held_back if self.filters is not None else 0}
+    def health(self, max_error_text: int) -> SensorHealth:
+        """For the agent's status; the last error cut to ``max_error_text`` characters."""
+        error = self.last_error
+        return SensorHealth(
+            good=self.good, failed=self.failed, failures=dict(self.failures),
+            consecutive_failures=self.consecutive_failures,
+            last_error=None if error is None else error[:max_error_text],
+            held_back=self.filters.held_back if self.filters is not None else 0)
 
 
 class Sampler:

@@ -17,6 +17,8 @@ from enum import IntEnum
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from sensor_edge.contract.status import AgentStatus
+
 STREAM_PATH = "/v1/stream"
 
 # Bounds the contract fixes: the defaults must accept at least the first and
@@ -103,6 +105,11 @@ class Status:
 
     fields: dict[str, Any] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> AgentStatus:
+        """The fields, typed."""
+        return AgentStatus.from_fields(self.fields)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sensor_edge.config.model import DEFAULT_STALE_AFTER
 from sensor_edge.contract.protocol import Hello, Reading
+from sensor_edge.contract.status import AgentStatus
 
 
 @dataclass
@@ -21,7 +22,7 @@ class AgentState:
     version: str | None = None
     # collector clock minus agent clock at hello, when the agent sent its clock
     clock_offset: float | None = None
-    status: dict[str, Any] | None = None
+    status: AgentStatus | None = None
     # Live sessions per epoch: more than one is two machines on one buffer, or a
     # connection that died without the collector noticing yet.
     sessions: dict[str, int] = field(default_factory=dict)
@@ -63,15 +64,14 @@ class AgentRegistry:
             self.on_presence(state, True)
         return state
 
-    def status_received(self, agent_id: str, fields: dict[str, Any], now: float) -> None:
-        """A `status` message's checked fields (protocol.Status): keep them, count them
-        as a sign of life, refresh the clock offset."""
+    def status_received(self, agent_id: str, status: AgentStatus, now: float) -> None:
+        """A `status` message, checked by the protocol: keep it, count it as a sign of
+        life, refresh the clock offset."""
         state = self.get(agent_id)
-        state.status = fields
+        state.status = status
         state.last_seen = now
-        agent_time = fields.get("time")  # checked by the protocol: a finite float
-        if agent_time is not None:
-            state.clock_offset = now - agent_time
+        if status.time is not None:  # checked by the protocol: a finite float
+            state.clock_offset = now - status.time
 
     def is_stale(self, state: AgentState, now: float) -> bool:
         """Silent (no hello, status or stored reading) for longer than `stale_after`."""
@@ -113,7 +113,7 @@ class AgentRegistry:
                 "version": s.version,
                 "clock_offset": s.clock_offset,
                 "stale": self.is_stale(s, now),
-                "status": s.status,
+                "status": None if s.status is None else s.status.to_fields(),
                 # the newest value of each (sensor, metric) since the collector started
                 "latest": [{"sensor": sensor, "metric": metric, "value": value, "unit": unit,
                             "ts": ts}

@@ -24,6 +24,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sensor_edge.contract.status import AgentStatus
+
 if TYPE_CHECKING:
     from sensor_edge.server.ingest.agents import AgentRegistry
 
@@ -206,16 +208,15 @@ class AgentsCollector:
                 offset.add_metric(labels, state.clock_offset)
             # The protocol checked every field kept (protocol.STATUS_FIELDS): numbers
             # are finite floats or counts that fit a float, names printable text.
-            status = state.status or {}
-            for family, key in ((backlog, "buffer_depth"), (oldest, "buffer_oldest_age"),
-                                (dropped, "dropped"), (uptime, "uptime")):
-                value = status.get(key)
+            status = state.status or AgentStatus()
+            for family, value in ((backlog, status.buffer_depth),
+                                  (oldest, status.buffer_oldest_age),
+                                  (dropped, status.dropped), (uptime, status.uptime)):
                 if value is not None:
                     family.add_metric(labels, float(value))
-            for name, counts in sorted(status.get("sensors", {}).items()):
-                for family, key in ((reads, "good"), (failures, "failed"),
-                                    (failing, "consecutive_failures")):
-                    value = counts.get(key)
+            for name, health in sorted(status.sensors.items()):
+                for family, value in ((reads, health.good), (failures, health.failed),
+                                      (failing, health.consecutive_failures)):
                     if value is not None:
                         family.add_metric([state.id, self._label(name)], float(value))
         yield from (up, stale, seen, offset, backlog, oldest, dropped, uptime, reads, failures,
