@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import sqlite3
 import subprocess
 import sys
@@ -83,7 +82,7 @@ SCENARIOS = {
     "latency": Scenario("50 agents x batches of 50 offered at half the batches figure",
                         50, 50, 8, rate=math.nan, warmup=3.0),
     "fleet": Scenario("10,000 agents x one reading every 10 s", 10_000, 1, 8, rate=0.1,
-                      seconds=30.0, warmup=3.0, processes=4),
+                      seconds=30.0, warmup=10.0, processes=4),
     "steady": Scenario("1,000 agents x 1 reading/s", 1000, 1, 8, rate=1.0, seconds=20.0,
                        warmup=3.0),
     "idle": Scenario("5,000 idle agents (keepalive only)", 5000, 0, 1, seconds=5.0),
@@ -154,10 +153,10 @@ class Run:
     result: Result
     last: dict[str, int]
     cpu_seconds: float  # the server's, inside the measured window
-    loadgen_seconds: float = math.nan  # the load generator's (when it runs in this process)
     peak_mib: float = math.nan  # VmHWM
     rss_mib: float = math.nan  # VmRSS at the end of the window
     connected: float = math.nan  # sensor_edge_agents_connected at the end of the window
+    metrics_seconds: float = math.nan  # how long that GET /metrics took
     exact: tuple[bool, str] = (True, "")
     profile: str = ""
 
@@ -183,16 +182,15 @@ def drive(scenario: Scenario, url: str, epoch: str, pids: list[int],
           at_start: Callable[[], None] | None = None) -> Run:
     """The scenario's load against `url`, with the CPU of `pids` over the measured window."""
     tokens = tokens_for(scenario.agents)
-    # The servers' CPU, and this process's: the load generator's when it runs here.
-    marks: list[tuple[float, float]] = []
+    marks: list[float] = []
 
     def start() -> None:
-        marks.append((cpu_seconds(pids), cpu_seconds([os.getpid()])))
+        marks.append(cpu_seconds(pids))
         if at_start is not None:
             at_start()
 
     def end() -> None:
-        marks.append((cpu_seconds(pids), cpu_seconds([os.getpid()])))
+        marks.append(cpu_seconds(pids))
         if at_end is not None:
             at_end()
 
@@ -200,12 +198,10 @@ def drive(scenario: Scenario, url: str, epoch: str, pids: list[int],
     if scenario.processes > 1:
         result, last = run_load_in_processes(scenario.processes, *args, warmup=scenario.warmup,
                                              at_start=start, at_end=end)
-        loadgen = math.nan  # spent in the child processes
     else:
         result, last = asyncio.run(run_load(*args, warmup=scenario.warmup, at_start=start,
                                             at_end=end))
-        loadgen = marks[1][1] - marks[0][1]
-    return Run(result, last, marks[1][0] - marks[0][0], loadgen)
+    return Run(result, last, marks[1] - marks[0])
 
 
 def run_collector(name: str, scenario: Scenario, workdir: Path, storage: str,
@@ -225,7 +221,13 @@ def run_collector(name: str, scenario: Scenario, workdir: Path, storage: str,
 
     def at_end() -> None:  # every agent still connected
         seen["rss"] = rss_mib(collector.pid)
-        metrics = collector.get("/metrics")[1].decode()
+        started = time.monotonic()
+        try:
+            metrics = collector.get("/metrics")[1].decode()
+        except OSError as e:  # a stalled collector: say so, keep the run's figures
+            print(f"    GET /metrics failed after {time.monotonic() - started:.1f} s: {e}")
+            return
+        seen["metrics_seconds"] = time.monotonic() - started
         seen["connected"] = float(next(
             line.split()[1] for line in metrics.splitlines()
             if line.startswith("sensor_edge_agents_connected ")))
@@ -240,6 +242,7 @@ def run_collector(name: str, scenario: Scenario, workdir: Path, storage: str,
         collector.terminate(30)
     run.rss_mib = seen.get("rss", math.nan)
     run.connected = seen.get("connected", math.nan)
+    run.metrics_seconds = seen.get("metrics_seconds", math.nan)
     if scenario.batch:
         run.exact = exactly_once(storage, run.last)
     return run
@@ -377,12 +380,12 @@ class Bench:
         finally:
             self.drop(url)
         r = run.result
-        loadgen = ("" if math.isnan(run.loadgen_seconds) else
-                   f"; load generator {run.loadgen_seconds / r.seconds:.2f} cores")
         print(f"  {label}: {r.summary()}")
-        print(f"    collector {per_reading(run)} ({run.cpu_seconds / r.seconds:.2f} cores)"
-              f"{loadgen}; RSS {run.rss_mib:.0f} MiB, peak {run.peak_mib:.0f} MiB; "
-              f"{run.connected:.0f}/{scenario.agents} agents connected at the end")
+        print(f"    collector {per_reading(run)} ({run.cpu_seconds / r.seconds:.2f} cores), "
+              f"load generator {r.cpu_seconds / r.seconds:.2f} cores; RSS {run.rss_mib:.0f} MiB, "
+              f"peak {run.peak_mib:.0f} MiB; "
+              f"{run.connected:.0f}/{scenario.agents} agents connected at the end (GET /metrics "
+              f"in {run.metrics_seconds * 1000:.0f} ms)")
         if run.profile:
             print("    profile: " + run.profile.replace("\n", "\n    "))
         return run
@@ -468,16 +471,19 @@ class Bench:
         ratio = run.rate / stack.rate if stack.rate else math.inf
         add(storage, name, "product / MQTT stack", f"{ratio:.2f}x", f">= {versus_mqtt:g}x",
             ratio >= versus_mqtt)
+        mqtt_p99 = stack.percentile(99) * 1000  # nan: none published in the window was stored
         add(storage, name, "ack p99 / MQTT publish-to-stored p99",
-            f"{run.p99_ms:,.0f} ms / {stack.percentile(99) * 1000:,.0f} ms", "lower",
-            run.p99_ms < stack.percentile(99) * 1000)
+            f"{run.p99_ms:,.0f} ms / " + ("none stored" if math.isnan(mqtt_p99) else
+                                          f"{mqtt_p99:,.0f} ms"), "lower",
+            math.isnan(mqtt_p99) or run.p99_ms < mqtt_p99)
         share = stack.lost / stack.published.acked if stack.published.acked else 0.0
         add(storage, name, "MQTT stack: PUBACKed but not stored",
             f"{stack.lost:,} ({share:.0%}; broker dropped {stack.broker.get('dropped', 0):,} "
             "messages)")
         transport = run_transport_ceiling(scenario)
         print(f"  transport ceiling (null collector): {transport.result.summary()}")
-        print(f"    null collector {per_reading(transport)}")
+        print(f"    null collector {per_reading(transport)}, load generator "
+              f"{transport.result.cpu_seconds / transport.result.seconds:.2f} cores")
         lower, which = min((storage_rate, "storage"), (transport.rate, "transport"))
         add(storage, name, "ceilings: storage, transport",
             f"{storage_rate:,.0f}/s, {transport.rate:,.0f}/s")

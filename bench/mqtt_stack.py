@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_core import proc_stats  # noqa: E402
-from loadgen import batch_frame  # noqa: E402
+from loadgen import batch_frame, percentile  # noqa: E402
 from processes import HOST, free_port, wait_until  # noqa: E402
 
 TOPIC = "sensors/{agent}/readings"
@@ -380,10 +380,7 @@ class StackResult:
         return self.published.acked - self.stored
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies, p)
 
     def us_per_reading(self) -> float:
         return self.cpu_seconds / max(1, self.measured) * 1e6
