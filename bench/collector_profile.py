@@ -19,6 +19,8 @@ from pathlib import Path
 SAMPLES_PER_SECOND = 100
 # A frame as py-spy writes it: "name (file:line)"; the line is dropped to group by function.
 _LINE = re.compile(r":\d+\)$")
+# A thread waiting for work (a pool's queue, a lock), not working.
+_IDLE = ("PyThread_acquire_lock_timed", "_queue_SimpleQueue_get")
 
 
 def py_spy() -> str:
@@ -50,8 +52,9 @@ class Profiler:
         return summarize(self.out, top)
 
 
-def summarize(path: Path, top: int = 12) -> str:
+def summarize(path: Path, top: int = 10) -> str:
     per_thread: Counter[str] = Counter()
+    gil: Counter[str] = Counter()
     inclusive: dict[str, Counter[str]] = defaultdict(Counter)
     own: dict[str, Counter[str]] = defaultdict(Counter)
     for line in path.read_text().splitlines():
@@ -59,21 +62,30 @@ def summarize(path: Path, top: int = 12) -> str:
         thread, *frames = stack.split(";")
         thread = thread.split(": ", 1)[-1]
         samples = int(count)
-        per_thread[thread] += samples
         names = [_LINE.sub(")", f) for f in frames]
+        if not names or any(n.startswith(_IDLE) for n in names) or names[-1].startswith(
+                "epoll_wait"):
+            continue  # a thread asleep: py-spy's --native sees it as busy
+        per_thread[thread] += samples
+        # A C function of the interpreter waiting on a condition: taking back the GIL
+        # it released around a blocking call (sqlite3_step, a socket write).
+        if any(n.startswith("pthread_cond_timedwait") for n in names):
+            gil[thread] += samples
         for name in set(names):
-            inclusive[thread][name] += samples
-        if names:
-            own[thread][names[-1]] += samples
+            if not name.startswith("0x"):
+                inclusive[thread][name] += samples
+        own[thread][names[-1] if not names[-1].startswith("0x") else "(libc, unresolved)"] += (
+            samples)
     total = sum(per_thread.values())
-    lines = [f"{total} busy samples ({total / SAMPLES_PER_SECOND:.1f} s of CPU), raw stacks in "
-             f"{path}"]
+    lines = [f"{total} busy samples ({total / SAMPLES_PER_SECOND:.1f} s), raw stacks in {path}"]
     for thread, samples in per_thread.most_common():
         if samples < total * 0.02:
             continue
-        lines.append(f"  thread {thread}: {samples / total:.0%} of the samples")
-        for title, counter in (("on the stack", inclusive[thread]), ("self", own[thread])):
-            lines.append(f"    {title}:")
-            for name, n in counter.most_common(top):
-                lines.append(f"      {n / samples:5.1%}  {name}")
+        lines.append(f"  thread {thread}: {samples / total:.0%} of the busy samples, "
+                     f"{gil[thread] / samples:.0%} of its own waiting for the GIL")
+        below_root = [(n, c) for n, c in inclusive[thread].most_common() if c < 0.9 * samples]
+        for title, ranked in (("on the stack", below_root[:top]),
+                              ("self", own[thread].most_common(top))):
+            lines.append(f"    {title}: " + ", ".join(f"{name} {n / samples:.0%}"
+                                                      for name, n in ranked))
     return "\n".join(lines)
