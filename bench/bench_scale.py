@@ -2,7 +2,7 @@
 
     python bench/bench_scale.py                      # SQLite, the scenarios (~10 min)
     python bench/bench_scale.py --storage postgres   # on a scratch PostgreSQL database
-    python bench/bench_scale.py --storage both       # both, side by side
+    python bench/bench_scale.py --storage both       # both, side by side (~20 min)
     python bench/bench_scale.py --quick              # a smoke run, a few seconds a scenario
     python bench/bench_scale.py --only batches --baseline-ref none --profile /tmp/profile
 
@@ -366,6 +366,8 @@ class Bench:
             scenario = replace(scenario, **QUICK, **(QUICK_FLEET if name == "fleet" else {}))
         if self.args.seconds:
             scenario = replace(scenario, seconds=self.args.seconds)
+        if self.args.window and scenario.batch:
+            scenario = replace(scenario, window=self.args.window)
         return scenario
 
     def collector(self, name: str, scenario: Scenario, storage: str, python: str | None = None,
@@ -539,6 +541,8 @@ def main() -> None:
                    help="a smoke run: 2 s per scenario, a fleet of 1,000")
     p.add_argument("--seconds", type=float, default=None,
                    help="measured seconds per scenario (default: its own)")
+    p.add_argument("--window", type=int, default=None,
+                   help="unacknowledged batches per agent, every scenario (default: its own, 8)")
     p.add_argument("--baseline-ref", default=DEFAULT_BASELINE,
                    help="commit whose collector runs the same scenarios for the CPU ratio "
                         f"(default {DEFAULT_BASELINE}; 'none' to skip)")
