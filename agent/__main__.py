@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from sensor_edge.agent.cli import main
 
 sys.exit(main())

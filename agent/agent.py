@@ -13,14 +13,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ..config.model import AgentConfig
-from ..config.tls import client_context
-from . import __version__
-from .backends import Backend, choose_backend
-from .buffer import Buffer
-from .sampler import Sampler
-from .sensors import Sample, open_sensors
-from .uplink import Uplink
+from sensor_edge.config.model import AgentConfig
+from sensor_edge.runtime.tls import client_context
+from sensor_edge.agent import __version__
+from sensor_edge.agent.backends import Backend, choose_backend
+from sensor_edge.agent.buffer import Buffer
+from sensor_edge.agent.sampler import Sampler
+from sensor_edge.agent.sensors import Sample, open_sensors
+from sensor_edge.agent.uplink import Uplink
 
 log = logging.getLogger("sensor_edge.agent")
 T = TypeVar("T")

@@ -24,8 +24,8 @@ import sqlite3
 import time
 import uuid
 
-from ..server.protocol import Reading
-from .sensors import Sample
+from sensor_edge.contract.protocol import Reading
+from sensor_edge.agent.sensors import Sample
 
 log = logging.getLogger("sensor_edge.agent.buffer")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError, load_agent_config
-from ..config.logs import setup_logging
-from ..config.service import run_service
-from .probe import DEFAULT_READS
+from sensor_edge.config import ConfigError, load_agent_config
+from sensor_edge.runtime.logs import setup_logging
+from sensor_edge.runtime.service import run_service
+from sensor_edge.agent.probe import DEFAULT_READS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sensor-agent: config error: {e}", file=sys.stderr)
         return 2
     if args.command == "probe":
-        from .probe import run_probe
+        from sensor_edge.agent.probe import run_probe
 
         return run_probe(config, "mock" if args.mock else config.backend, args.reads,
                          sys.stdout)
 
-    from .agent import Agent
+    from sensor_edge.agent.agent import Agent
 
     agent = Agent(config, backend="mock" if args.mock else None)
     return run_service("sensor-agent", agent.start, agent.stop, lambda: status_line(agent))

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from ..config.model import DIGITAL_TYPES, AgentConfig, SensorConfig
-from ..config.service import StartupError
-from .backends import choose_backend
-from .sensors import Sample, Sensor, SensorReadError, open_sensor
+from sensor_edge.config.model import DIGITAL_TYPES, AgentConfig, SensorConfig
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.agent.backends import choose_backend
+from sensor_edge.agent.sensors import Sample, Sensor, SensorReadError, open_sensor
 
 DEFAULT_READS = 3
 # Between reads of a sensor with no spacing of its own (CPU, a digital input).

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .sensors import DigitalSensor, Sample, Sensor, SensorReadError
+from sensor_edge.agent.sensors import DigitalSensor, Sample, Sensor, SensorReadError
 
 log = logging.getLogger("sensor_edge.agent.sampler")
 

@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..config.model import READ_FLOORS, SensorConfig
-from .backends import DHT_CACHE_SECONDS, Backend
+from sensor_edge.config.model import READ_FLOORS, SensorConfig
+from sensor_edge.agent.backends import DHT_CACHE_SECONDS, Backend
 
 # (sensor, metric, value, unit, ts)
 Sample = tuple[str, str, float, str, float]

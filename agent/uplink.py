@@ -23,8 +23,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ..server import protocol
-from ..server.protocol import (
+from sensor_edge.contract import protocol
+from sensor_edge.contract.protocol import (
     Ack,
     Bye,
     Error,
@@ -34,7 +34,7 @@ from ..server.protocol import (
     Status,
     Welcome,
 )
-from .buffer import Buffer
+from sensor_edge.agent.buffer import Buffer
 
 log = logging.getLogger("sensor_edge.agent.uplink")
 

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sensor_edge.server.retention import Retention
+from sensor_edge.server.storage.retention import Retention
 from sensor_edge.server.storage import Batch
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 

@@ -17,8 +17,8 @@ import time
 from websockets.asyncio.server import ServerConnection, serve
 
 from sensor_edge.config.model import Limits
-from sensor_edge.server import protocol
-from sensor_edge.server.protocol import Ack, Hello, Readings, Welcome
+from sensor_edge.contract import protocol
+from sensor_edge.contract.protocol import Ack, Hello, Readings, Welcome
 
 
 async def handler(ws: ServerConnection) -> None:

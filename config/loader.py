@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ..server.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
-from .model import (
+from sensor_edge.contract.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
+from sensor_edge.config.model import (
     BACKENDS,
     DEFAULT_POLL_INTERVAL,
     DIGITAL_TYPES,

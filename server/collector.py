@@ -13,18 +13,18 @@ from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from ..config.model import CollectorConfig
-from ..config.tls import server_context
-from . import http_api
-from .agents import AgentRegistry
-from .batcher import Batcher
-from .connection import serve_agent
-from .limits import FailedLogins
-from .live import LiveFeed
-from .metrics import CollectorMetrics
-from .mqtt import MQTTBridge
-from .retention import Retention
-from .storage import Batch, Storage, open_storage, safe_url
+from sensor_edge.config.model import CollectorConfig
+from sensor_edge.runtime.tls import server_context
+from sensor_edge.server.web import http_api
+from sensor_edge.server.ingest.agents import AgentRegistry
+from sensor_edge.server.ingest.batcher import Batcher
+from sensor_edge.server.ingest.connection import serve_agent
+from sensor_edge.server.ingest.limits import FailedLogins
+from sensor_edge.server.outputs.live import LiveFeed
+from sensor_edge.server.outputs.metrics import CollectorMetrics
+from sensor_edge.server.outputs.mqtt import MQTTBridge
+from sensor_edge.server.storage.retention import Retention
+from sensor_edge.server.storage import Batch, Storage, open_storage, safe_url
 
 log = logging.getLogger("sensor_edge.collector")
 T = TypeVar("T")

@@ -18,7 +18,7 @@ def stored_agents(path) -> set[str]:
 def test_demo_runs_a_collector_and_mock_agents_that_store_readings(tmp_path):
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "sensor_edge.server.demo", "--agents", "2", "--port", str(port),
+        [sys.executable, "-m", "sensor_edge.server.commands.demo", "--agents", "2", "--port", str(port),
          "--dir", str(tmp_path), "--seconds", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,8 +9,8 @@ import math
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sensor_edge.server import protocol
-from sensor_edge.server.protocol import (
+from sensor_edge.contract import protocol
+from sensor_edge.contract.protocol import (
     Ack,
     AgentSession,
     Bye,

@@ -26,7 +26,7 @@ from sensor_edge.agent.backends.hardware import HardwareBackend
 from sensor_edge.agent.sampler import Sampler
 from sensor_edge.agent.sensors import open_sensors
 from sensor_edge.config import ConfigError, load_agent_config
-from sensor_edge.config.service import StartupError
+from sensor_edge.runtime.service import StartupError
 
 FAKES = str(Path(__file__).parent / "fakes")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sensor_edge.config import ConfigError, load_agent_config, load_collector_config
 from sensor_edge.config.model import Limits
-from sensor_edge.server.limits import FailedLogins, ReadingRate
+from sensor_edge.server.ingest.limits import FailedLogins, ReadingRate
 
 
 def test_reading_rate_lets_a_burst_through_then_spaces_batches_out():

@@ -22,7 +22,7 @@ import pytest
 from processes import HOST, free_port, wait_until
 
 from sensor_edge.config.model import MQTTConfig
-from sensor_edge.server.mqtt import discovery_config
+from sensor_edge.server.outputs.mqtt import discovery_config
 
 paho = pytest.importorskip("paho.mqtt.client")
 

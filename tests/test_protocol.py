@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sensor_edge.server import protocol
-from sensor_edge.server.protocol import (
+from sensor_edge.contract import protocol
+from sensor_edge.contract.protocol import (
     Ack,
     AgentSession,
     Bye,

@@ -7,7 +7,7 @@ import time
 
 from processes import wait_until
 
-from sensor_edge.server.retention import DELETE_BATCH
+from sensor_edge.server.storage.retention import DELETE_BATCH
 from sensor_edge.server.storage import Batch
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 from conftest import BOTH_BACKENDS, POSTGRES_ONLY
-from sensor_edge.config.service import StartupError
+from sensor_edge.runtime.service import StartupError
 from sensor_edge.server.storage import Batch, ReadingQuery, open_storage
 
 NOW = 1_700_000_000.0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from processes import wait_until
-from sensor_edge.config import systemd_notify
+from sensor_edge.runtime import systemd_notify
 from sensor_edge.config.model import DEFAULT_AGENT_BUFFER, DEFAULT_COLLECTOR_STORAGE
 
 REPO = Path(__file__).resolve().parent.parent

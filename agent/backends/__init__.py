@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
-from ...config.model import SensorConfig
+from sensor_edge.config.model import SensorConfig
 
 log = logging.getLogger("sensor_edge.agent.backend")
 
@@ -95,9 +95,9 @@ def choose_backend(name: str, pin_factory: str | None = None) -> Backend:
     else:
         log.info("backend: %s", name)
     if name == "hardware":
-        from .hardware import HardwareBackend
+        from sensor_edge.agent.backends.hardware import HardwareBackend
 
         return HardwareBackend(pin_factory)
-    from .mock import MockBackend
+    from sensor_edge.agent.backends.mock import MockBackend
 
     return MockBackend()

@@ -8,9 +8,9 @@ import tempfile
 from importlib.metadata import entry_points
 from typing import Any
 
-from ...config.model import SensorConfig
-from ...config.service import StartupError
-from . import CPU_TEMPERATURE_FILE, Backend, DHTDevice
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, Backend, DHTDevice
 
 log = logging.getLogger("sensor_edge.agent.backend.hardware")
 

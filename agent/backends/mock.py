@@ -14,8 +14,8 @@ import random
 import threading
 import time
 
-from ...config.model import SensorConfig
-from . import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend
 
 log = logging.getLogger("sensor_edge.agent.backend.mock")
 

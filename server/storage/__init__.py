@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ..protocol import Reading
+from sensor_edge.contract.protocol import Reading
 
 # A stored reading's columns, in the order every row-returning method uses.
 READING_COLUMNS = ("agent", "epoch", "seq", "sensor", "metric", "value", "unit", "ts")
@@ -90,9 +90,9 @@ def safe_url(url: str) -> str:
 def open_storage(url: str) -> Storage:
     """The storage a config's `storage` value names: postgresql://... or a SQLite file."""
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStorage
+        from sensor_edge.server.storage.postgres import PostgresStorage
 
         return PostgresStorage(url)
-    from .sqlite import SQLiteStorage
+    from sensor_edge.server.storage.sqlite import SQLiteStorage
 
     return SQLiteStorage(url)

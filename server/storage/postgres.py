@@ -20,9 +20,9 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from ...config.service import StartupError
-from . import READING_COLUMNS, Batch, ReadingQuery, safe_url
-from .sqlite import _filters
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, safe_url
+from sensor_edge.server.storage.sqlite import _filters
 
 log = logging.getLogger("sensor_edge.collector.storage")
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from . import READING_COLUMNS, Batch, ReadingQuery
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery
 
 SCHEMA_VERSION = 1
 SCHEMA = """

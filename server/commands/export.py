@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
+from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
 
 FORMATS = ("csv", "jsonl")
 # How often the progress line is redrawn.

@@ -25,14 +25,14 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from ..config.model import MQTTConfig
-from ..config.service import StartupError
-from .protocol import Reading
+from sensor_edge.config.model import MQTTConfig
+from sensor_edge.runtime.service import StartupError
+from sensor_edge.contract.protocol import Reading
 
 if TYPE_CHECKING:
-    from .agents import AgentRegistry, AgentState
-    from .metrics import CollectorMetrics
-    from .storage import Batch
+    from sensor_edge.server.ingest.agents import AgentRegistry, AgentState
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
+    from sensor_edge.server.storage import Batch
 
 log = logging.getLogger("sensor_edge.collector.mqtt")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ssl
 
-from .model import AgentConfig, ServerTLS
-from .service import StartupError
+from sensor_edge.config.model import AgentConfig, ServerTLS
+from sensor_edge.runtime.service import StartupError
 
 
 def server_context(tls: ServerTLS) -> ssl.SSLContext:

@@ -20,14 +20,14 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from . import dashboard
-from .export import readings_csv
-from .live import LIVE_PATH, same_origin
-from .protocol import STREAM_PATH
-from .storage import ReadingQuery
+from sensor_edge.server.web import dashboard
+from sensor_edge.server.commands.export import readings_csv
+from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
+from sensor_edge.contract.protocol import STREAM_PATH
+from sensor_edge.server.storage import ReadingQuery
 
 if TYPE_CHECKING:
-    from .collector import Collector
+    from sensor_edge.server.collector import Collector
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 1_000_000

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
-from .storage import READING_COLUMNS, Batch
+from sensor_edge.server.storage import READING_COLUMNS, Batch
 
 if TYPE_CHECKING:
-    from .agents import AgentRegistry
-    from .metrics import CollectorMetrics
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
 
 log = logging.getLogger("sensor_edge.collector.live")
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol
-from .limits import ReadingRate
-from .protocol import Ack, AgentSession, Bye, Hello, ProtocolError, Readings, Status, Welcome
-from .storage import Batch
+from sensor_edge.contract import protocol
+from sensor_edge.server.ingest.limits import ReadingRate
+from sensor_edge.contract.protocol import Ack, AgentSession, Bye, Hello, ProtocolError, Readings, Status, Welcome
+from sensor_edge.server.storage import Batch
 
 if TYPE_CHECKING:
-    from .collector import Collector
+    from sensor_edge.server.collector import Collector
 
 log = logging.getLogger("sensor_edge.collector.connection")
 

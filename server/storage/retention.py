@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .storage import Storage
+from sensor_edge.server.storage import Storage
 
 log = logging.getLogger("sensor_edge.collector.retention")
 

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from .agents import AgentRegistry
+    from sensor_edge.server.ingest.agents import AgentRegistry
 
 # `_created` series double the output and no dashboard or alert uses them.
 disable_created_metrics()

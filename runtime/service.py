@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 
-from . import systemd_notify
+from sensor_edge.runtime import systemd_notify
 
 log = logging.getLogger("sensor_edge")
 

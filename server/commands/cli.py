@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError, load_collector_config
-from ..config.logs import setup_logging
-from ..config.service import run_service
+from sensor_edge.config import ConfigError, load_collector_config
+from sensor_edge.runtime.logs import setup_logging
+from sensor_edge.runtime.service import run_service
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,16 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "add-agent":
-        from . import admin
+        from sensor_edge.server.commands import admin
 
         return admin.main(args, config)
 
     if args.command == "export":
-        from . import export
+        from sensor_edge.server.commands import export
 
         return export.main(args, config.storage)
 
-    from .collector import Collector
+    from sensor_edge.server.collector import Collector
 
     collector = Collector(config)
     return run_service("sensor-collector", collector.start, collector.stop)

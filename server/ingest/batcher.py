@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .storage import Batch, Storage
+from sensor_edge.server.storage import Batch, Storage
 
 log = logging.getLogger("sensor_edge.collector.batcher")
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.model import DEFAULT_STALE_AFTER
-from .protocol import Hello, Reading
+from sensor_edge.config.model import DEFAULT_STALE_AFTER
+from sensor_edge.contract.protocol import Hello, Reading
 
 
 @dataclass

@@ -18,9 +18,9 @@ import tempfile
 
 import yaml
 
-from ..config import ConfigError, load_collector_config
-from ..config.loader import NAME_PATTERN
-from ..config.model import CollectorConfig
+from sensor_edge.config import ConfigError, load_collector_config
+from sensor_edge.config.loader import NAME_PATTERN
+from sensor_edge.config.model import CollectorConfig
 
 # 32 random bytes: 43 URL-safe characters, nothing to escape in YAML or a header.
 TOKEN_BYTES = 32

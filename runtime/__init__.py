@@ -1,0 +1,1 @@
+"""Process plumbing both programs share: logging, signals and stop deadline, systemd notify, TLS."""

@@ -1,0 +1,1 @@
+"""The collector's commands: the CLI, add-agent, export, the demo."""

@@ -1,0 +1,1 @@
+"""Ingest: agent connections, their limits, the group-commit batcher, the agent registry."""

@@ -1,0 +1,1 @@
+"""The web face on the collector's port: the HTTP read API, the dashboard and its static files."""
