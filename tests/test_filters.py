@@ -326,5 +326,5 @@ def test_an_agent_with_filters_stores_fewer_transformed_readings(tmp_path, make_
     # Far fewer readings stored: under a tenth of the plain sensor's (both its metrics).
     assert len(plain_t) > 80 and len(tuned) * 10 < len(plain)
     # The agent's status counts what the filters held back (humidity is not kept at all).
-    assert status["sensors"]["tuned"]["held_back"] > 50
-    assert status["sensors"]["plain"]["held_back"] == 0
+    assert status.sensors["tuned"].held_back > 50
+    assert status.sensors["plain"].held_back == 0
