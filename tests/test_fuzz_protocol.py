@@ -279,7 +279,7 @@ def test_any_status_is_a_clean_typed_status_or_a_contract_error(body):
     assert all(isinstance(name, str) for name in status.dropped)
     # What the collector does with it: /api/agents and /metrics render it.
     agents = AgentRegistry(["pi-1"], [])
-    agents.status_received("pi-1", status.status, 1_700_000_000.0)
+    agents.status_received("pi-1", status, 1_700_000_000.0)
     json.dumps(agents.as_json(), allow_nan=False)
     metrics = CollectorMetrics()
     metrics.watch_agents(agents)

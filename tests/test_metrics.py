@@ -166,15 +166,14 @@ def test_sensor_names_of_any_printable_text_reach_prometheus_labels_intact(make_
 def test_a_label_prometheus_cannot_encode_is_escaped_once_and_counted():
     """Should a name that is not UTF-8 ever reach the registry (the protocol keeps
     them out of a status), the scrape escapes it and counts it once."""
-    from sensor_edge.contract.protocol import Hello
-    from sensor_edge.contract.status import AgentStatus, SensorHealth
+    from sensor_edge.contract.protocol import Hello, Status
     from sensor_edge.server.ingest.agents import AgentRegistry
     from sensor_edge.server.outputs.metrics import CollectorMetrics
 
     agents = AgentRegistry(["pi-1"], [])
     agents.connected(Hello("pi-1", "e", "t"), 1.0)
     agents.status_received(
-        "pi-1", AgentStatus(sensors={"lone \ud800 half": SensorHealth(good=7)}), 1.0)
+        "pi-1", Status({"sensors": {"lone \ud800 half": {"good": 7}}}), 1.0)
     metrics = CollectorMetrics()
     metrics.watch_agents(agents)
     for _ in range(3):  # scraped again: counted once, not per scrape

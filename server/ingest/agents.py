@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sensor_edge.config.model import DEFAULT_STALE_AFTER
-from sensor_edge.contract.protocol import Hello, Reading
+from sensor_edge.contract.protocol import Hello, Reading, Status
 from sensor_edge.contract.status import AgentStatus
 
 
@@ -23,6 +23,8 @@ class AgentState:
     # collector clock minus agent clock at hello, when the agent sent its clock
     clock_offset: float | None = None
     status: AgentStatus | None = None
+    # The same status as the agent sent it (checked; absent fields stay absent): /api/agents.
+    status_fields: dict[str, Any] | None = None
     # Live sessions per epoch: more than one is two machines on one buffer, or a
     # connection that died without the collector noticing yet.
     sessions: dict[str, int] = field(default_factory=dict)
@@ -64,11 +66,12 @@ class AgentRegistry:
             self.on_presence(state, True)
         return state
 
-    def status_received(self, agent_id: str, status: AgentStatus, now: float) -> None:
+    def status_received(self, agent_id: str, message: Status, now: float) -> None:
         """A `status` message, checked by the protocol: keep it, count it as a sign of
         life, refresh the clock offset."""
         state = self.get(agent_id)
-        state.status = status
+        state.status = status = message.status
+        state.status_fields = message.fields
         state.last_seen = now
         if status.time is not None:  # checked by the protocol: a finite float
             state.clock_offset = now - status.time
@@ -113,7 +116,7 @@ class AgentRegistry:
                 "version": s.version,
                 "clock_offset": s.clock_offset,
                 "stale": self.is_stale(s, now),
-                "status": None if s.status is None else s.status.to_fields(),
+                "status": s.status_fields,
                 # the newest value of each (sensor, metric) since the collector started
                 "latest": [{"sensor": sensor, "metric": metric, "value": value, "unit": unit,
                             "ts": ts}

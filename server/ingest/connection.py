@@ -135,7 +135,7 @@ async def serve_agent(ingest: Ingest, ws: ServerConnection, agent_id: str) -> No
                         warned_status = True
                         log.warning("agent %s: status fields of the wrong type or out of range "
                                     "ignored: %s", agent_id, ", ".join(message.dropped[:10]))
-                ingest.agents.status_received(agent_id, message.status, time.time())
+                ingest.agents.status_received(agent_id, message, time.time())
             elif isinstance(message, Bye):
                 # Ack what is in flight, then close normally.
                 await pending.put(None)
