@@ -197,9 +197,10 @@ class Collector:
         m = self.metrics
         m.commits.inc()
         m.commit_seconds.observe(seconds)
+        stored = sum(added)
+        m.readings_stored.inc(stored)
+        m.readings_duplicate.inc(sum(len(batch.rows) for batch in batches) - stored)
         for batch, count in zip(batches, added):
-            m.readings_stored.inc(count)
-            m.readings_duplicate.inc(len(batch.rows) - count)
             self.agents.stored(batch.agent, batch.rows, count, now)
         self.live.publish(batches, added)
         if self.mqtt is not None:
