@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import resource
 import time
@@ -137,6 +138,7 @@ class Collector:
             ping_timeout=20,
             server_header=SERVER_HEADER,
         )
+        _tune_garbage_collector()
         log.info("listening on %s:%d%s, storing in %s", self.config.host, self.port,
                  "" if tls is None else " (TLS" + (", client certificates required)"
                                                   if self.config.tls.client_ca else ")"),
@@ -197,14 +199,34 @@ class Collector:
         m = self.metrics
         m.commits.inc()
         m.commit_seconds.observe(seconds)
+        stored = sum(added)
+        m.readings_stored.inc(stored)
+        m.readings_duplicate.inc(sum(len(batch.rows) for batch in batches) - stored)
         for batch, count in zip(batches, added):
-            m.readings_stored.inc(count)
-            m.readings_duplicate.inc(len(batch.rows) - count)
             self.agents.stored(batch.agent, batch.rows, count, now)
         self.live.publish(batches, added)
         if self.mqtt is not None:
             self.mqtt.stored(batches, added)
         self.alerts.stored(batches, added)
+
+
+# Tracked objects allocated (net of those freed) between two young collections; the
+# default is 700. Nearly everything the collector allocates is freed by reference
+# counting within a commit or two, but 20,000 readings in flight (50 agents x 8
+# batches x 50) kept young collections running every few frames and pushed the
+# survivors into full collections: 10-15 % of the CPU, pauses of 30-70 ms. At this
+# threshold they start only once that many objects outlive their commit (cycles
+# left behind, connections opened): the memory they can hold stays a few MiB.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    """Once started: the heap built so far (modules, config, storage) is never garbage,
+    so it moves out of the collector's sight; young collections start less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _raise_open_file_limit(connections: int) -> None:

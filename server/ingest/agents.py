@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sensor_edge.config.model import DEFAULT_STALE_AFTER
@@ -30,6 +31,9 @@ class AgentState:
     sessions: dict[str, int] = field(default_factory=dict)
     # (sensor, metric) -> (value, unit, ts)
     latest: dict[tuple[str, str], tuple[float, str, float]] = field(default_factory=dict)
+
+
+_SENSOR, _METRIC, _TS = itemgetter(1), itemgetter(2), itemgetter(5)
 
 
 class AgentRegistry:
@@ -93,13 +97,22 @@ class AgentRegistry:
             self.on_presence(state, False)
 
     def stored(self, agent_id: str, rows: list[Reading], added: int, now: float) -> None:
+        """A batch of this agent's was committed (``added`` of its rows were new)."""
         state = self.get(agent_id)
         state.readings += added
         state.last_seen = now
+        if len(rows) > 1:
+            # Only the newest row per (sensor, metric) matters, found in C: a stable sort
+            # by ts (one pass: rows come in ts order), then a dict keeps the last of each
+            # key, the newest (of equal ts, the later seq). The loop below then steps
+            # through a handful of rows, not the whole batch.
+            by_ts = sorted(rows, key=_TS)
+            rows = dict(zip(zip(map(_SENSOR, by_ts), map(_METRIC, by_ts)), by_ts)).values()
+        latest = state.latest
         for _seq, sensor, metric, value, unit, ts in rows:
-            known = state.latest.get((sensor, metric))
+            known = latest.get((sensor, metric))
             if known is None or ts >= known[2]:
-                state.latest[(sensor, metric)] = (value, unit, ts)
+                latest[(sensor, metric)] = (value, unit, ts)
 
     def all(self) -> list[AgentState]:
         return [self._agents[k] for k in sorted(self._agents)]

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -155,10 +155,8 @@ async def serve_agent(ingest: Ingest, ws: ServerConnection, agent_id: str) -> No
 
 async def _send_acks(ingest: Ingest, ws: ServerConnection,
                      pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> None:
-    while True:
-        item = await pending.get()
-        if item is None:
-            return
+    item = await pending.get()
+    while item is not None:
         future, seq = item
         try:
             await future
@@ -173,11 +171,26 @@ async def _send_acks(ingest: Ingest, ws: ServerConnection,
             while not done:
                 done = await pending.get() is None
             return
+        # Later batches already stored (by the same commit, mostly): one ack for the
+        # highest seq covers them all, one frame and one send() instead of several.
+        batches, item = 1, _NOTHING
+        while not pending.empty():
+            following = pending.get_nowait()
+            if following is None or not _stored(following[0]):
+                item = following  # the next round's, or the reader's end
+                break
+            seq, batches = following[1], batches + 1
         try:
             await ws.send(protocol.encode(Ack(seq)))
         except ConnectionClosed:
             return
-        ingest.counters.acks.inc()
+        ingest.counters.acks.inc(batches)
+        if item is _NOTHING:
+            item = await pending.get()
+
+
+# What _send_acks holds when it took nothing from the queue that is still to be acked.
+_NOTHING: Any = object()
 
 
 def _discard_queued(pending: asyncio.Queue[tuple[asyncio.Future[int], int] | None]) -> bool:
@@ -186,6 +199,11 @@ def _discard_queued(pending: asyncio.Queue[tuple[asyncio.Future[int], int] | Non
     while not pending.empty():
         ended = pending.get_nowait() is None or ended
     return ended
+
+
+def _stored(future: asyncio.Future[int]) -> bool:
+    """Whether a batch's commit is done and succeeded."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _failed(future: asyncio.Future[int] | None) -> bool:

@@ -64,7 +64,8 @@ class CollectorMetrics:
         self.readings_expired = Counter(
             "sensor_edge_readings_expired", "Readings deleted by retention", registry=r)
         self.batches = Counter("sensor_edge_batches", "Readings batches received", registry=r)
-        self.acks = Counter("sensor_edge_acks", "Acks sent", registry=r)
+        self.acks = Counter("sensor_edge_acks", "Batches acknowledged (one ack may cover "
+                            "several batches stored together)", registry=r)
         self.commits = Counter("sensor_edge_commits", "Storage transactions", registry=r)
         self.commit_hook_failures = Counter(
             "sensor_edge_commit_hook_failures",
