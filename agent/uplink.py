@@ -3,10 +3,11 @@
 hello -> welcome (skip what the collector has) -> stream batches from the
 buffer with a window of unacknowledged batches -> each ack deletes from the
 buffer. When the link is idle a new reading goes out at once; with a backlog,
-batches fill up. Any failure: reconnect with capped exponential backoff and
-jitter. On stop: send what can be sent in the time left, wait for its acks,
-say bye. While connected, a `status` message (the agent's health) goes out
-right after welcome and every STATUS_EVERY seconds.
+batches fill up. Recent readings come from the buffer's RAM on the event loop;
+a backlog on the card is read on the buffer's thread. Any failure: reconnect
+with capped exponential backoff and jitter. On stop: send what can be sent in
+the time left, wait for its acks, say bye. While connected, a `status` message
+(the agent's health) goes out right after welcome and every STATUS_EVERY seconds.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ class Uplink:
             log.info("connected to %s; it holds up to seq %d, %d to send", url, welcome.acked,
                      max(0, self.buffer.last_seq - welcome.acked))
             receiver = asyncio.create_task(self._receive(ws, session))
+            receiver.add_done_callback(lambda _: self._wake.set())
             reporter = asyncio.create_task(self._report(ws, session))
             try:
                 await self._send(ws, session, receiver)
@@ -184,7 +186,10 @@ class Uplink:
             if not session.window_open:
                 await self._wait(receiver)
                 continue
-            rows = await self._on_buffer(self.buffer.after, session.sent_upto, self.batch_size)
+            rows = self.buffer.recent(session.sent_upto, self.batch_size)
+            if rows is None:  # a backlog on the card
+                rows = await self._on_buffer(self.buffer.after, session.sent_upto,
+                                             self.batch_size)
             if not rows:
                 if self._stopping:
                     return
@@ -196,19 +201,22 @@ class Uplink:
         receiver.result()
 
     async def _wait(self, receiver: asyncio.Task[None]) -> None:
-        waiter = asyncio.ensure_future(self._wake.wait())
-        timeout = None
-        if self._stopping:
-            timeout = max(0.0, self._flush_deadline - time.monotonic())
-        await asyncio.wait({waiter, receiver}, timeout=timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        """Until notify(), an ack, the receiver's end (it sets _wake) or the flush deadline."""
+        if receiver.done():
+            return
+        if not self._stopping:
+            await self._wake.wait()
+            return
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, self._flush_deadline - time.monotonic()), self._wake.set)
+        await self._wake.wait()
+        timer.cancel()
 
     async def _receive(self, ws: ClientConnection, session: AgentSession) -> None:
         async for frame in ws:
             event = session.receive(frame)
             if isinstance(event, Acked):
-                await self._on_buffer(self.buffer.acknowledged, event.seq)
+                self.buffer.acknowledged(event.seq)
                 self.acked_seq = session.acked
                 self._wake.set()
             elif isinstance(event, Refused):

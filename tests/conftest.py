@@ -17,6 +17,16 @@ BOTH_BACKENDS = pytest.mark.parametrize("storage_backend", ["sqlite", "postgres"
 POSTGRES_ONLY = pytest.mark.parametrize("storage_backend", ["postgres"], indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def runtime_directory(tmp_path: Path, monkeypatch) -> Path:
+    """A RAM-directory stand-in for the agents' buffer journals (systemd's RuntimeDirectory),
+    inside the test's own directory, so no journal outlives its test."""
+    directory = tmp_path / "run"
+    directory.mkdir(exist_ok=True)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
+    return directory
+
+
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases()

@@ -63,18 +63,19 @@ def test_reconcile_after_a_lost_ack_forgets_what_the_collector_holds(tmp_path):
     assert buffer.last_seq == 10
 
 
-def test_power_cut_rollback_never_reuses_a_seq_the_collector_holds(tmp_path):
+def test_power_cut_rollback_never_reuses_a_seq_the_collector_holds(tmp_path, runtime_directory):
     path = tmp_path / "b.db"
     buffer = Buffer(str(path), 1000)
     buffer.append(samples(7))
     buffer.close()
-    shutil.copy(path, tmp_path / "snapshot.db")  # the state the power cut rolls back to
+    shutil.copytree(path, tmp_path / "snapshot.db")  # the state the power cut rolls back to
     buffer = Buffer(str(path), 1000)
     buffer.append(samples(3, start=7))  # seqs 8..10, sent and stored by the collector
     buffer.close()
-    shutil.copy(tmp_path / "snapshot.db", path)
-    for suffix in ("-wal", "-shm"):
-        (tmp_path / f"b.db{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(path)
+    shutil.copytree(tmp_path / "snapshot.db", path)
+    shutil.rmtree(runtime_directory)  # RAM is empty after the cut
+    runtime_directory.mkdir()
 
     # After the reboot: the buffer thinks 7 was the last seq and reads on.
     rebooted = Buffer(str(path), 1000)

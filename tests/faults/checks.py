@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 
 from processes import Agent, Collector, wait_until
 
@@ -70,10 +69,8 @@ def assert_exactly_once(collector: Collector, agent: Agent, last: int,
 
 
 def buffer_meta(agent: Agent, key: str) -> int:
-    with sqlite3.connect(f"file:{agent.buffer_path}?mode=ro", uri=True, timeout=10) as db:
-        return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+    return getattr(agent.buffer(), key)
 
 
 def oldest_buffered(agent: Agent) -> int | None:
-    with sqlite3.connect(f"file:{agent.buffer_path}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute("SELECT min(seq) FROM readings").fetchone()[0]
+    return agent.buffer().oldest
