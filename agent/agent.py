@@ -95,7 +95,7 @@ class Agent:
         self.backend = choose_backend(self.backend_name, self.config.pin_factory)
         sensors = open_sensors(self.config.sensors, self.backend)
         self.backend.start()
-        self.sampler = Sampler(sensors, self._collect)
+        self.sampler = Sampler(sensors, self._collect, self._collect_edge)
         self._syncer = asyncio.create_task(self._sync_forever(), name="syncer")
         self.uplink = Uplink(
             agent_id=self.config.agent_id, urls=self.config.urls, token=self.config.token,
@@ -110,7 +110,10 @@ class Agent:
     async def status(self) -> dict[str, Any]:
         """The fields of a `status` message: how this agent is doing."""
         buffer = self.buffer
-        depth, oldest = await self.on_buffer(lambda: (buffer.depth, buffer.oldest_age()))
+        if buffer.backlog_on_card:
+            oldest = await self.on_buffer(buffer.oldest_age)
+        else:
+            oldest = buffer.oldest_age()
         sensors = {}
         for name, stats in self.sampler.stats.items():
             fields = stats.as_json()
@@ -122,7 +125,7 @@ class Agent:
             "uptime": round(time.monotonic() - self.started, 1),
             "version": __version__,
             "backend": self.backend.name,
-            "buffer_depth": depth,
+            "buffer_depth": buffer.depth,
             "buffer_oldest_age": None if oldest is None else round(oldest, 1),
             "dropped": buffer.dropped,
             "sent": self.uplink.sent if self.uplink is not None else 0,
@@ -131,8 +134,12 @@ class Agent:
             "clock_synced": clock_synced(),
         }
 
-    def _collect(self, samples: list[Sample]) -> None:
-        """A tick's (or an edge's) samples: into the buffer's journal, then on the wire."""
+    def _collect_edge(self, samples: list[Sample]) -> None:
+        """An edge's samples: on the wire at once."""
+        self._collect(samples, urgent=True)
+
+    def _collect(self, samples: list[Sample], urgent: bool = False) -> None:
+        """A tick's samples: into the buffer's journal, then on the wire within LINGER."""
         if self._cpu_sensors:
             for sensor, _metric, value, _unit, _ts in samples:
                 if sensor in self._cpu_sensors:
@@ -145,7 +152,7 @@ class Agent:
         except OSError as e:  # its RAM journal cannot be written
             self._hold(samples, e)
             return
-        self.uplink.notify()
+        self.uplink.notify(urgent)
         due = self.buffer.sync_due()
         if due is not None and due < self._sync_at:
             self._sync_wake.set()  # a page's worth waits, or sooner than the syncer looks

@@ -850,9 +850,15 @@ class Buffer:
         return [Reading._make((run.first + i, *rows[run.skip + i])) for i in range(begin, end)]
 
     def oldest_age(self) -> float | None:
-        """Seconds since the oldest waiting reading was read."""
+        """Seconds since the oldest waiting reading was read (reads the card if it is there:
+        see backlog_on_card)."""
         oldest = self.after(0, 1)
         return None if not oldest else max(0.0, time.time() - oldest[0].ts)
+
+    @property
+    def backlog_on_card(self) -> bool:
+        """Some waiting readings are on the card only (after() and oldest_age() read it)."""
+        return bool(self._state.runs)
 
     def reconcile(self, acked: int) -> None:
         """Square the buffer with what the collector holds (its `welcome.acked`).

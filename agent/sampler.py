@@ -1,11 +1,14 @@
 """Reads every sensor on its own schedule and hands the samples on.
 
-One tick reads every polled sensor that is due together: one job on the
-read thread pool, then one hand-off of all their samples (so one buffer
-write and one frame), not one per sensor. A sensor without a physical floor
-(CPU temperature, a heartbeat) may be read up to COALESCE seconds early or
-late to share a tick; a DHT never early. Digital edges arrive on gpiozero's
-threads and are handed on at once, through call_soon_threadsafe.
+One tick reads every polled sensor that is due together and hands all their
+samples on at once (so one buffer write and one frame), not one per sensor.
+A tick of quick reads (a CPU temperature from sysfs, a digital input's state)
+runs on the event loop's timer; a tick with a slow read (a DHT) goes to a
+read thread, which waits for the tick's time itself, so each tick wakes the
+agent as few times as it can. A sensor without a physical floor may be read
+up to COALESCE seconds early or late to share a tick; a DHT never early.
+Digital edges arrive on gpiozero's threads and are handed on at once,
+through call_soon_threadsafe.
 
 A DHT is never read sooner than its spacing (its floor, and the library's
 cache window) after the previous read ended, failed or not; a failing sensor
@@ -17,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sensor_edge.agent.sensors import DigitalSensor, Sample, Sensor, SensorReadError
@@ -33,6 +37,8 @@ LOUD_FAILURES = (1, 10, 100)
 # How far off its time a sensor without a floor may be read to share a tick
 # (at most a quarter of its interval).
 COALESCE = 0.05
+# Threads that read sensors: a slow read holds up only the sensors of its own tick.
+READ_THREADS = 2
 
 
 @dataclass
@@ -65,18 +71,28 @@ class _Schedule:
 
 
 class Sampler:
-    def __init__(self, sensors: list[Sensor], emit: Callable[[list[Sample]], None]):
+    def __init__(self, sensors: list[Sensor], emit: Callable[[list[Sample]], None],
+                 emit_edge: Callable[[list[Sample]], None] | None = None):
+        """``emit`` takes each tick's samples; ``emit_edge`` (default: emit) an edge's,
+        which must go out at once."""
         self.sensors = sensors
         self.stats = {s.name: SensorStats() for s in sensors}
         self._emit = emit
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix="sensor-read")
+        self._emit_edge = emit_edge or emit
+        # Each job: (when, a tick's schedules); None stops a thread.
+        self._jobs: queue.SimpleQueue[tuple[float, list[_Schedule]] | None] = \
+            queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._schedules: list[_Schedule] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._in_flight: set[asyncio.Future] = set()
+        self._in_flight = 0  # ticks handed to the read threads
+        self._idle = asyncio.Event()  # set when none is
+        self._stop = threading.Event()
         self._stopping = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         now = loop.time()
         for sensor in self.sensors:
             if isinstance(sensor, DigitalSensor):
@@ -84,6 +100,12 @@ class Sampler:
                     self._edge, s, sample))
             if sensor.config.interval is not None:
                 self._schedules.append(_Schedule(sensor, sensor.config.interval, now, now))
+        if any(not s.sensor.reads_quickly for s in self._schedules):
+            for i in range(READ_THREADS):
+                thread = threading.Thread(target=self._reader, name=f"sensor-read-{i}",
+                                          daemon=True)
+                thread.start()
+                self._threads.append(thread)
         self._plan()
 
     def admit(self, sensor: Sensor, samples: list[Sample]) -> list[Sample]:
@@ -96,44 +118,67 @@ class Sampler:
         self.stats[sensor.name].good += 1
         admitted = self.admit(sensor, [sample])
         if admitted:
-            self._emit(admitted)
+            self._emit_edge(admitted)
 
     # --- ticks ----------------------------------------------------------------------
 
     def _plan(self) -> None:
-        """Set the timer for the next tick."""
+        """Plan the next ticks: a tick of quick reads on the loop's timer; a tick with a
+        slow read goes to a read thread, which waits for its time itself."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        idle = [s for s in self._schedules if not s.reading]
-        if self._stopping or not idle:
-            return
-        first = min(s.due for s in idle)
-        # A sensor with a floor due soon after: wait for it, and read the others with it.
-        at = max([first] + [s.due for s in idle if s.slack == 0 and s.due <= first + COALESCE])
-        self._timer = asyncio.get_running_loop().call_at(at, self._tick)
+        while not self._stopping:
+            idle = [s for s in self._schedules if not s.reading]
+            if not idle:
+                return
+            first = min(s.due for s in idle)
+            # A sensor with a floor due soon after: wait for it, and read the others with it.
+            at = max([first] + [s.due for s in idle
+                                if s.slack == 0 and s.due <= first + COALESCE])
+            tick = [s for s in idle if s.due <= at + s.slack]
+            if all(s.sensor.reads_quickly for s in tick):
+                self._timer = self._loop.call_at(at, self._tick)
+                return
+            for schedule in tick:
+                schedule.reading = True
+            self._in_flight += 1
+            self._idle.clear()
+            self._jobs.put((at, tick))
 
     def _tick(self) -> None:
+        """The loop's timer: read the quick sensors that are due, here and now."""
         self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        due = [s for s in self._schedules if not s.reading and s.due <= now + s.slack]
-        if due:
-            for schedule in due:
-                schedule.reading = True
-            future = loop.run_in_executor(self._executor, _read_all,
-                                          [s.sensor for s in due])
-            self._in_flight.add(future)
-            future.add_done_callback(lambda f, due=due: self._read(due, f))
-        self._plan()
+        now = self._loop.time()
+        due = [s for s in self._schedules if not s.reading and s.due <= now + s.slack
+               and s.sensor.reads_quickly]
+        self._finish(due, [_read(s.sensor) for s in due])
 
-    def _read(self, due: list[_Schedule], future: asyncio.Future) -> None:
+    def _reader(self) -> None:
+        """A read thread: at each tick's time, read its sensors in turn and hand the
+        outcomes to the loop at once."""
+        while (job := self._jobs.get()) is not None:
+            at, due = job
+            stopped = self._stop.wait(max(0.0, at - time.monotonic()))  # the loop's clock
+            outcomes = None if stopped else [_read(s.sensor) for s in due]
+            try:
+                self._loop.call_soon_threadsafe(self._read, due, outcomes)
+            except RuntimeError:  # the loop is closed: the agent is gone
+                return
+
+    def _read(self, due: list[_Schedule],
+              outcomes: list[tuple[list[Sample] | BaseException, float]] | None) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+        if outcomes is not None:
+            self._finish(due, outcomes)
+
+    def _finish(self, due: list[_Schedule],
+                outcomes: list[tuple[list[Sample] | BaseException, float]]) -> None:
         """A tick's reads ended: schedule each sensor again, hand on what they read."""
-        self._in_flight.discard(future)
-        if future.cancelled():
-            return
         samples: list[Sample] = []
-        for schedule, (outcome, ended) in zip(due, future.result(), strict=True):
+        for schedule, (outcome, ended) in zip(due, outcomes, strict=True):
             schedule.reading = False
             samples += self._outcome(schedule, outcome, ended)
         if samples and not self._stopping:
@@ -181,8 +226,11 @@ class Sampler:
             self._timer.cancel()
             self._timer = None
         # A read in progress finishes on its thread; then the devices are released.
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        self._stop.set()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if self._in_flight:
+            await self._idle.wait()
         for sensor in self.sensors:
             try:
                 sensor.close()
@@ -190,14 +238,11 @@ class Sampler:
                 log.warning("sensor %s: could not release it cleanly: %s", sensor.name, e)
 
 
-def _read_all(sensors: list[Sensor]) -> list[tuple[list[Sample] | BaseException, float]]:
-    """Read each sensor in turn (on a read thread): its samples or error, and when it ended
-    on the event loop's clock (time.monotonic)."""
-    outcomes = []
-    for sensor in sensors:
-        try:
-            outcome = sensor.read()
-        except Exception as e:
-            outcome = e
-        outcomes.append((outcome, time.monotonic()))
-    return outcomes
+
+def _read(sensor: Sensor) -> tuple[list[Sample] | BaseException, float]:
+    """One read: its samples or what it raised, and when it ended (the loop's clock)."""
+    try:
+        outcome = sensor.read()
+    except Exception as e:
+        outcome = e
+    return outcome, time.monotonic()

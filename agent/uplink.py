@@ -35,6 +35,9 @@ BACKOFF_CAP = 30.0
 WELCOME_TIMEOUT = 10.0
 # Seconds between two status messages; well under the collector's default stale_after (60).
 STATUS_EVERY = 10.0
+# Periodic readings wait up to this long to share a frame; an edge goes at once and
+# takes them along. A frame and its ack cost the agent more CPU than its readings.
+LINGER = 2.0
 _JITTER = random.Random()
 
 
@@ -49,7 +52,7 @@ class Uplink:
                  buffer: Buffer, on_buffer: Callable[..., Awaitable[Any]],
                  batch_size: int, window: int,
                  status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-                 status_every: float = STATUS_EVERY,
+                 status_every: float = STATUS_EVERY, linger: float = LINGER,
                  tls: ssl.SSLContext | None = None):
         self.agent_id = agent_id
         self.urls = urls
@@ -66,13 +69,28 @@ class Uplink:
         self.sent = 0
         self.acked_seq = 0
         self._wake = asyncio.Event()
+        self._linger = linger
+        self._urgent = True  # send what there is now; else a timer will say so
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._flush_deadline = 0.0
         self._welcomed = False  # the current session got as far as welcome
         self._task: asyncio.Task[None] | None = None
 
-    def notify(self) -> None:
-        """New readings are in the buffer."""
+    def notify(self, urgent: bool = True) -> None:
+        """New readings are in the buffer: to send at once if ``urgent`` (an edge),
+        else within LINGER seconds, with whatever comes meanwhile."""
+        if urgent or self._linger <= 0:
+            self._send_now()
+        elif self._linger_timer is None:
+            self._linger_timer = asyncio.get_running_loop().call_later(self._linger,
+                                                                       self._send_now)
+
+    def _send_now(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._urgent = True
         self._wake.set()
 
     def start(self) -> None:
@@ -84,7 +102,7 @@ class Uplink:
             return
         self._stopping = True
         self._flush_deadline = time.monotonic() + flush_seconds
-        self._wake.set()
+        self._send_now()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), flush_seconds + 1.0)
         except TimeoutError:
@@ -163,6 +181,7 @@ class Uplink:
             await self._on_buffer(self.buffer.reconcile, welcome.acked)
             self.acked_seq = welcome.acked
             self.connected = self._welcomed = True
+            self._urgent = True  # what waits goes at once
             log.info("connected to %s; it holds up to seq %d, %d to send", url, welcome.acked,
                      max(0, self.buffer.last_seq - welcome.acked))
             receiver = asyncio.create_task(self._receive(ws, session))
@@ -193,7 +212,11 @@ class Uplink:
             if not rows:
                 if self._stopping:
                     return
+                self._urgent = False  # caught up: the next readings may linger
                 await self._wait(receiver)
+                continue
+            if not self._urgent and len(rows) < self.batch_size:
+                await self._wait(receiver)  # for the linger timer, or an edge
                 continue
             await ws.send(session.readings(rows))
             self.sent += len(rows)
@@ -214,11 +237,14 @@ class Uplink:
 
     async def _receive(self, ws: ClientConnection, session: AgentSession) -> None:
         async for frame in ws:
+            window_was_full = not session.window_open
             event = session.receive(frame)
             if isinstance(event, Acked):
                 self.buffer.acknowledged(event.seq)
                 self.acked_seq = session.acked
-                self._wake.set()
+                # The sender waits on an ack only for room in the window, or to say bye.
+                if window_was_full or self._stopping:
+                    self._wake.set()
             elif isinstance(event, Refused):
                 log.error("collector refused our data: %s: %s", event.error, event.detail)
         state = ws.protocol

@@ -18,11 +18,10 @@ POSTGRES_ONLY = pytest.mark.parametrize("storage_backend", ["postgres"], indirec
 
 
 @pytest.fixture(autouse=True)
-def runtime_directory(tmp_path: Path, monkeypatch) -> Path:
-    """A RAM-directory stand-in for the agents' buffer journals (systemd's RuntimeDirectory),
-    inside the test's own directory, so no journal outlives its test."""
-    directory = tmp_path / "run"
-    directory.mkdir(exist_ok=True)
+def runtime_directory(tmp_path_factory, monkeypatch) -> Path:
+    """A stand-in for systemd's RuntimeDirectory, where agents keep their buffer's RAM
+    journal: one per test, so no journal outlives its test or meets another's."""
+    directory = tmp_path_factory.mktemp("run")
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
     return directory
 
