@@ -20,7 +20,7 @@ from sensor_edge.agent.backends import Backend, choose_backend
 from sensor_edge.agent.buffer import Buffer, machine_identity
 from sensor_edge.agent.sampler import Sampler
 from sensor_edge.agent.sensors import Sample, open_sensors
-from sensor_edge.agent.uplink import Uplink
+from sensor_edge.agent.uplink import LINGER, Uplink
 
 log = logging.getLogger("sensor_edge.agent")
 T = TypeVar("T")
@@ -101,7 +101,9 @@ class Agent:
             agent_id=self.config.agent_id, urls=self.config.urls, token=self.config.token,
             version=__version__, buffer=self.buffer, on_buffer=self.on_buffer,
             batch_size=self.config.batch_size, window=self.config.window,
-            status=self.status, tls=tls)
+            status=self.status, tls=tls,
+            # Lingering readings wait unacknowledged: never long enough to be synced.
+            linger=min(LINGER, self.config.sync_interval / 4))
         self.sampler.start()
         self.uplink.start()
         log.info("reading %d sensors: %s", len(sensors),

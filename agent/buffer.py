@@ -65,6 +65,8 @@ log = logging.getLogger("sensor_edge.agent.buffer")
 SEGMENT_BYTES = 64 * 1024
 # Rows in one READINGS record on the card at most (a read decodes one whole record).
 RECORD_ROWS = 1000
+# A sync is due this long (at most a tenth of sync_interval) before sync_interval runs out.
+SYNC_MARGIN = 1.0
 # A page's worth of unsynced readings is synced at once: writes then fill whole pages.
 SYNC_BYTES = 4096
 # Past this, the journal is folded into the log (a sync) even with nothing unacknowledged.
@@ -624,7 +626,8 @@ class Buffer:
             while self._accepted_at and self._accepted_at[0][0] < first:
                 self._accepted_at.popleft()
             accepted = self._accepted_at[0][1] if self._accepted_at else self._clock()
-            return accepted + self.sync_interval
+            # Due a little early: the write itself takes time (a slow card, a busy machine).
+            return accepted + self.sync_interval - min(SYNC_MARGIN, self.sync_interval / 10)
 
     @property
     def has_dead_segments(self) -> bool:

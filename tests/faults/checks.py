@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import random
 import signal
+import time
 
 from processes import Agent, Collector, wait_until
 
@@ -10,6 +13,13 @@ from processes import Agent, Collector, wait_until
 def say(message: str) -> None:
     """Each case prints what it did and what it checked (shown with `pytest -s`, or on failure)."""
     print(f"[faults] {message}", flush=True)
+
+
+def seeded() -> random.Random:
+    """Random moments, reproducible: FAULT_SEED=<the printed seed> replays a run."""
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2**32))
+    say(f"random seed {seed}")
+    return random.Random(seed)
 
 
 def drain(collector: Collector, *agents: Agent, timeout: float = 60) -> dict[str, int]:
