@@ -8,7 +8,6 @@ Nothing is buffered or sent.
 
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -94,6 +93,8 @@ def run_probe(config: AgentConfig, backend_name: str, reads: int, out: TextIO) -
 
 
 def print_table(results: list[ProbeResult], backend: str, out: TextIO) -> None:
+    import statistics  # here, not at the top: the running agent imports this module too
+
     rows = [("SENSOR", "TYPE", "PIN", "READ TIME", "FAILED", "VALUES OR LAST ERROR")]
     for r in results:
         failed = r.reads - r.good

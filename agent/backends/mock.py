@@ -87,9 +87,7 @@ class MockBackend(Backend):
     name = "mock"
 
     def __init__(self, seed: int | None = None, schedule_scale: float = 1.0):
-        from gpiozero.pins.mock import MockFactory
-
-        self.pin_factory = MockFactory()
+        self._factory = None
         self._seed = seed if seed is not None else random.randrange(1 << 30)
         self._rng = random.Random(self._seed)
         self._scale = schedule_scale
@@ -97,6 +95,16 @@ class MockBackend(Backend):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cpu = 48.0
+
+    @property
+    def pin_factory(self):
+        """gpiozero's MockFactory, made when a digital input first needs it (gpiozero
+        costs the agent 2.6 MiB of RSS)."""
+        if self._factory is None:
+            from gpiozero.pins.mock import MockFactory
+
+            self._factory = MockFactory()
+        return self._factory
 
     def dht(self, sensor: SensorConfig) -> SimulatedDHT:
         return SimulatedDHT(sensor.type, seed=self._seed + (sensor.pin or 0))
@@ -152,4 +160,5 @@ class MockBackend(Backend):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)
-        self.pin_factory.close()
+        if self._factory is not None:
+            self._factory.close()
