@@ -2,13 +2,14 @@
 
 One tick reads every polled sensor that is due together and hands all their
 samples on at once (so one buffer write and one frame), not one per sensor.
-A tick of quick reads (a CPU temperature from sysfs, a digital input's state)
-runs on the event loop's timer; a tick with a slow read (a DHT) goes to a
-read thread, which waits for the tick's time itself, so each tick wakes the
-agent as few times as it can. A sensor without a physical floor may be read
-up to COALESCE seconds early or late to share a tick; a DHT never early.
-Digital edges arrive on gpiozero's threads and are handed on at once,
-through call_soon_threadsafe.
+Quick reads (a CPU temperature from sysfs, a digital input's level) run on
+the event loop's timer. Slow ones (a DHT) run on the read thread, which
+keeps their time itself and takes along the quick sensors due then: each
+tick wakes the agent as few times as it can, and a slow read never holds up
+the loop. A sensor without a physical floor may be read up to COALESCE
+seconds early or late to share a tick; a DHT never early. Digital edges
+arrive on gpiozero's threads and are handed on at once, through
+call_soon_threadsafe.
 
 A DHT is never read sooner than its spacing (its floor, and the library's
 cache window) after the previous read ended, failed or not; a failing sensor
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +37,11 @@ LOUD_FAILURES = (1, 10, 100)
 # How far off its time a sensor without a floor may be read to share a tick
 # (at most a quarter of its interval).
 COALESCE = 0.05
-# Threads that read sensors: a slow read holds up only the sensors of its own tick.
-READ_THREADS = 2
+
+# On stop, how long a read under way may take to end.
+STOP_WAIT = 2.0
+
+Outcome = tuple[list[Sample] | BaseException, float]  # what a read gave, when it ended
 
 
 @dataclass
@@ -56,18 +59,32 @@ class SensorStats:
 
 @dataclass
 class _Schedule:
-    """When a polled sensor is read next (loop clock)."""
+    """When a polled sensor is read next (monotonic clock, the loop's)."""
 
     sensor: Sensor
     interval: float
     due: float  # the next read, at the earliest
     slot: float  # its place on the sensor's own cadence
-    reading: bool = False  # a read is in flight
+    reading: bool = False  # a read is under way
 
     @property
     def slack(self) -> float:
         """How early it may be read to share a tick: none with a physical floor."""
         return 0.0 if self.sensor.min_spacing else min(COALESCE, self.interval / 4)
+
+    def after(self, outcome: list[Sample] | BaseException, ended: float) -> None:
+        """Set the next read from how this one went."""
+        interval, spacing = self.interval, self.sensor.min_spacing
+        if isinstance(outcome, SensorReadError):
+            # Retry soon, but never sooner than the spacing after this read ended.
+            self.due = ended + max(spacing, min(interval, DEFAULT_RETRY))
+        elif isinstance(outcome, BaseException):
+            self.due = ended + max(spacing, interval)
+        else:
+            # Keep the cadence, but never fall behind by more than one interval.
+            self.slot = max(self.slot + interval, ended - interval)
+            self.due = max(self.slot, ended + spacing)
+        self.reading = False
 
 
 class Sampler:
@@ -79,14 +96,12 @@ class Sampler:
         self.stats = {s.name: SensorStats() for s in sensors}
         self._emit = emit
         self._emit_edge = emit_edge or emit
-        # Each job: (when, a tick's schedules); None stops a thread.
-        self._jobs: queue.SimpleQueue[tuple[float, list[_Schedule]] | None] = \
-            queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
         self._schedules: list[_Schedule] = []
+        # Guards the schedules: the loop and the read thread both claim sensors to read.
+        self._lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
-        self._in_flight = 0  # ticks handed to the read threads
-        self._idle = asyncio.Event()  # set when none is
+        self._thread: threading.Thread | None = None
+        self._thread_next: float | None = None  # when the read thread reads next
         self._stop = threading.Event()
         self._stopping = False
 
@@ -101,11 +116,9 @@ class Sampler:
             if sensor.config.interval is not None:
                 self._schedules.append(_Schedule(sensor, sensor.config.interval, now, now))
         if any(not s.sensor.reads_quickly for s in self._schedules):
-            for i in range(READ_THREADS):
-                thread = threading.Thread(target=self._reader, name=f"sensor-read-{i}",
-                                          daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self._thread = threading.Thread(target=self._read_slowly, name="sensor-read",
+                                            daemon=True)
+            self._thread.start()
         self._plan()
 
     def admit(self, sensor: Sensor, samples: list[Sample]) -> list[Sample]:
@@ -122,91 +135,88 @@ class Sampler:
 
     # --- ticks ----------------------------------------------------------------------
 
+    def _claim(self, now: float, quick_only: bool) -> list[_Schedule]:
+        """Under the lock: the idle sensors due now (quick ones a little early too)."""
+        due = [s for s in self._schedules if not s.reading and s.due <= now + s.slack
+               and (s.sensor.reads_quickly or not quick_only)]
+        for schedule in due:
+            schedule.reading = True
+        return due
+
     def _plan(self) -> None:
-        """Plan the next ticks: a tick of quick reads on the loop's timer; a tick with a
-        slow read goes to a read thread, which waits for its time itself."""
+        """Set the loop's timer for the next tick of quick reads the read thread will not
+        take along."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while not self._stopping:
-            idle = [s for s in self._schedules if not s.reading]
-            if not idle:
-                return
-            first = min(s.due for s in idle)
-            # A sensor with a floor due soon after: wait for it, and read the others with it.
-            at = max([first] + [s.due for s in idle
-                                if s.slack == 0 and s.due <= first + COALESCE])
-            tick = [s for s in idle if s.due <= at + s.slack]
-            if all(s.sensor.reads_quickly for s in tick):
-                self._timer = self._loop.call_at(at, self._tick)
-                return
-            for schedule in tick:
-                schedule.reading = True
-            self._in_flight += 1
-            self._idle.clear()
-            self._jobs.put((at, tick))
+        if self._stopping:
+            return
+        with self._lock:
+            then = self._thread_next
+            dues = [s.due for s in self._schedules if s.sensor.reads_quickly and not s.reading
+                    and (then is None or not then - COALESCE <= s.due <= then + s.slack)]
+        if dues:
+            self._timer = self._loop.call_at(min(dues), self._tick)
 
     def _tick(self) -> None:
         """The loop's timer: read the quick sensors that are due, here and now."""
         self._timer = None
-        now = self._loop.time()
-        due = [s for s in self._schedules if not s.reading and s.due <= now + s.slack
-               and s.sensor.reads_quickly]
-        self._finish(due, [_read(s.sensor) for s in due])
+        with self._lock:
+            due = self._claim(self._loop.time(), quick_only=True)
+        outcomes = [_read(s.sensor) for s in due]
+        with self._lock:
+            for schedule, (outcome, ended) in zip(due, outcomes, strict=True):
+                schedule.after(outcome, ended)
+        self._hand_on(due, outcomes)
 
-    def _reader(self) -> None:
-        """A read thread: at each tick's time, read its sensors in turn and hand the
-        outcomes to the loop at once."""
-        while (job := self._jobs.get()) is not None:
-            at, due = job
-            stopped = self._stop.wait(max(0.0, at - time.monotonic()))  # the loop's clock
-            outcomes = None if stopped else [_read(s.sensor) for s in due]
+    def _read_slowly(self) -> None:
+        """The read thread: at each slow sensor's time, read it and every sensor due with
+        it, then hand the outcomes to the loop at once."""
+        while True:
+            with self._lock:
+                dues = [s.due for s in self._schedules
+                        if not s.sensor.reads_quickly and not s.reading]
+                self._thread_next = at = min(dues) if dues else None
+            if at is None or self._stop.wait(max(0.0, at - time.monotonic())):
+                return  # (a slow sensor is always either idle or being read here)
+            with self._lock:
+                due = self._claim(time.monotonic(), quick_only=False)
+                self._thread_next = None
+            outcomes = [_read(s.sensor) for s in due]
+            with self._lock:
+                for schedule, (outcome, ended) in zip(due, outcomes, strict=True):
+                    schedule.after(outcome, ended)
             try:
                 self._loop.call_soon_threadsafe(self._read, due, outcomes)
             except RuntimeError:  # the loop is closed: the agent is gone
                 return
 
-    def _read(self, due: list[_Schedule],
-              outcomes: list[tuple[list[Sample] | BaseException, float]] | None) -> None:
-        self._in_flight -= 1
-        if not self._in_flight:
-            self._idle.set()
-        if outcomes is not None:
-            self._finish(due, outcomes)
+    def _read(self, due: list[_Schedule], outcomes: list[Outcome]) -> None:
+        """The read thread's outcomes, on the loop."""
+        self._hand_on(due, outcomes)
 
-    def _finish(self, due: list[_Schedule],
-                outcomes: list[tuple[list[Sample] | BaseException, float]]) -> None:
-        """A tick's reads ended: schedule each sensor again, hand on what they read."""
+    def _hand_on(self, due: list[_Schedule], outcomes: list[Outcome]) -> None:
+        """Count a tick's reads and hand on what they read, at once; plan the next tick."""
         samples: list[Sample] = []
-        for schedule, (outcome, ended) in zip(due, outcomes, strict=True):
-            schedule.reading = False
-            samples += self._outcome(schedule, outcome, ended)
+        for schedule, (outcome, _) in zip(due, outcomes, strict=True):
+            samples += self._account(schedule.sensor, outcome)
         if samples and not self._stopping:
             self._emit(samples)
         self._plan()
 
-    def _outcome(self, schedule: _Schedule, outcome: list[Sample] | BaseException,
-                 ended: float) -> list[Sample]:
-        sensor = schedule.sensor
+    def _account(self, sensor: Sensor, outcome: list[Sample] | BaseException) -> list[Sample]:
         stats = self.stats[sensor.name]
-        interval, spacing = schedule.interval, sensor.min_spacing
         if isinstance(outcome, SensorReadError):
             self._failed(sensor, stats, outcome.kind, str(outcome))
-            # Retry soon, but never sooner than the spacing after this read ended.
-            schedule.due = ended + max(spacing, min(interval, DEFAULT_RETRY))
             return []
         if isinstance(outcome, BaseException):  # a driver bug must not take the agent down
             self._failed(sensor, stats, "error", f"{type(outcome).__name__}: {outcome}")
-            schedule.due = ended + max(spacing, interval)
             return []
         if stats.consecutive_failures >= LOUD_FAILURES[1]:
             log.info("sensor %s reads again after %d failures", sensor.name,
                      stats.consecutive_failures)
         stats.good += 1
         stats.consecutive_failures = 0
-        # Keep the cadence, but never fall behind by more than one interval.
-        schedule.slot = max(schedule.slot + interval, ended - interval)
-        schedule.due = max(schedule.slot, ended + spacing)
         return self.admit(sensor, outcome)
 
     def _failed(self, sensor: Sensor, stats: SensorStats, kind: str, message: str) -> None:
@@ -225,21 +235,19 @@ class Sampler:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        # A read in progress finishes on its thread; then the devices are released.
+        # A read under way finishes on its thread; then the devices are released.
         self._stop.set()
-        for _ in self._threads:
-            self._jobs.put(None)
-        if self._in_flight:
-            await self._idle.wait()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, STOP_WAIT)
+            if self._thread.is_alive():
+                log.warning("a sensor read did not end within %g s; stopping anyway", STOP_WAIT)
         for sensor in self.sensors:
             try:
                 sensor.close()
             except Exception as e:
                 log.warning("sensor %s: could not release it cleanly: %s", sensor.name, e)
 
-
-
-def _read(sensor: Sensor) -> tuple[list[Sample] | BaseException, float]:
+def _read(sensor: Sensor) -> Outcome:
     """One read: its samples or what it raised, and when it ended (the loop's clock)."""
     try:
         outcome = sensor.read()

@@ -38,6 +38,8 @@ STATUS_EVERY = 10.0
 # Periodic readings wait up to this long to share a frame; an edge goes at once and
 # takes them along. A frame and its ack cost the agent more CPU than its readings.
 LINGER = 2.0
+# A frame waits for the next tick it expects; this much later, it goes without it.
+LINGER_SLACK = 0.25
 _JITTER = random.Random()
 
 
@@ -70,7 +72,9 @@ class Uplink:
         self.acked_seq = 0
         self._wake = asyncio.Event()
         self._linger = linger
-        self._urgent = True  # send what there is now; else a timer will say so
+        self._urgent = True  # send what there is now; else a tick or a timer will say so
+        self._waiting_since: float | None = None  # the oldest unsent reading (loop clock)
+        self._last_tick: float | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._flush_deadline = 0.0
@@ -82,9 +86,21 @@ class Uplink:
         else within LINGER seconds, with whatever comes meanwhile."""
         if urgent or self._linger <= 0:
             self._send_now()
-        elif self._linger_timer is None:
-            self._linger_timer = asyncio.get_running_loop().call_later(self._linger,
-                                                                       self._send_now)
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # The next tick, if they keep their pace: wait for it only if it comes in time, so
+        # that a frame goes with a tick rather than on a wake of its own.
+        expected = now + (now - self._last_tick) if self._last_tick is not None else now
+        self._last_tick = now
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if expected > self._waiting_since + self._linger:
+            self._send_now()
+            return
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._linger_timer = loop.call_at(expected + LINGER_SLACK, self._send_now)
 
     def _send_now(self) -> None:
         if self._linger_timer is not None:
@@ -213,6 +229,7 @@ class Uplink:
                 if self._stopping:
                     return
                 self._urgent = False  # caught up: the next readings may linger
+                self._waiting_since = None
                 await self._wait(receiver)
                 continue
             if not self._urgent and len(rows) < self.batch_size:

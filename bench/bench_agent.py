@@ -30,6 +30,8 @@ Loads:
            against the readings' own bytes (3 numbers of 8 bytes plus the three names)
   drain    a buffer pre-filled through the buffer's own API with a day at 1 reading/s
            (86,400 readings), then drained into a collector: readings/s
+  floor    what this machine charges for the least an agent does: an asyncio timer
+           waking every 0.5 s, and a WebSocket frame and its ack every 2 s
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ from processes import Agent, Collector, free_port, wait_until  # noqa: E402
 
 BASELINE = "3e8d824"
 DAY = 86_400
+
+# How long the agent lets periodic readings wait to share a frame (agent/uplink.py).
+LINGER_SECONDS = 2.0
 
 STEADY8 = [
     {"name": "soc-1", "type": "cpu_temperature", "interval": 0.5},
@@ -138,6 +143,11 @@ def can_loop_mount() -> bool:
 # --- what is measured ------------------------------------------------------------
 
 
+# The file system writes back the metadata of a start (a new buffer, its reserve)
+# about 30 s later: the block-device window starts after it.
+BLOCK_SETTLE = 40.0
+
+
 @dataclass
 class Sample:
     cpu_ns: int
@@ -216,7 +226,7 @@ class Figures:
     drain_rate: float | None = None
 
 
-def figures(before: Sample, after: Sample, peak_kib: int, block: bool) -> Figures:
+def figures(before: Sample, after: Sample, peak_kib: int) -> Figures:
     readings = max(1, after.stored - before.stored)
     seconds = after.at - before.at
     written = after.write_bytes - before.write_bytes
@@ -225,8 +235,6 @@ def figures(before: Sample, after: Sample, peak_kib: int, block: bool) -> Figure
         cpu_us_per_reading=(after.cpu_ns - before.cpu_ns) / readings / 1000,
         bytes_per_reading=written / readings, bytes_per_day=written / seconds * DAY,
         syscw_per_reading=(after.syscw - before.syscw) / readings,
-        block_bytes_per_day=((after.sectors - before.sectors) * 512 / seconds * DAY
-                             if block else None),
         peak_rss_mib=peak_kib / 1024)
 
 
@@ -311,12 +319,23 @@ def run_load(load: str, sensors: list[dict], sides: list[Side], workdir: Path,
         time.sleep(max(0.0, started + warmup - time.monotonic()))
         window_start = time.time()
         before = {s.label: s.snapshot(collector.storage) for s in sides}
-        time.sleep(seconds)
+        end_at = time.monotonic() + seconds
+        settle_at = started + max(warmup, BLOCK_SETTLE)
+        settled = {}
+        if settle_at < end_at - 10:
+            time.sleep(max(0.0, settle_at - time.monotonic()))
+            settled = {s.label: (s.disk.sectors_written(), time.monotonic())
+                       for s in sides if s.disk is not None}
+        time.sleep(max(0.0, end_at - time.monotonic()))
         after = {s.label: s.snapshot(collector.storage) for s in sides}
         window_end = time.time()
         for side in sides:
             result = figures(before[side.label], after[side.label],
-                             peak_rss_kib(side.agent.pid), side.disk is not None)
+                             peak_rss_kib(side.agent.pid))
+            if side.label in settled:
+                sectors, at = settled[side.label]
+                result.block_bytes_per_day = ((after[side.label].sectors - sectors) * 512
+                                              / (after[side.label].at - at) * DAY)
             # An edge read in the window may be stored just after it.
             result.latencies_ms = watch.latencies_ms(side.agent_id, window_start, window_end)
             results[side.label] = result
@@ -351,7 +370,7 @@ def run_outage(sides: list[Side], workdir: Path, warmup: float,
     try:
         for side in sides:
             make_agent(side, workdir, "outage", DHT, [url], tokens[side.agent_id]).start()
-        time.sleep(warmup)
+        time.sleep(max(warmup, BLOCK_SETTLE))
         since = time.time()
         before = {}
         for side in sides:
@@ -445,6 +464,62 @@ def run_drain(sides: list[Side], workdir: Path, count: int) -> dict[str, Figures
     return results
 
 
+FLOOR = textwrap.dedent("""
+    import asyncio, json, sys, time
+    from websockets.asyncio.client import connect
+    url, token, tick, every, seconds = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6])
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        for frames in (False, True):
+            async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                               compression=None) as ws:
+                await ws.send(json.dumps({"type": "hello", "agent": "floor",
+                                          "epoch": ("b" if frames else "a") * 32,
+                                          "version": "0"}))
+                await ws.recv()
+                seq, wakes, sent, next_frame = 0, 0, 0, 0.0
+                start = cpu = None
+                end = loop.time() + seconds + 5
+                while loop.time() < end:
+                    await asyncio.sleep(tick)
+                    wakes += 1
+                    if start is None and loop.time() > end - seconds:
+                        start, cpu, wakes, sent = loop.time(), time.process_time(), 0, 0
+                    if frames and loop.time() >= next_frame:
+                        next_frame = loop.time() + every
+                        seq += 1
+                        await ws.send(json.dumps({"type": "readings", "readings": [{
+                            "seq": seq, "sensor": "s", "metric": "m", "value": 1.0,
+                            "unit": "", "ts": time.time()}]}))
+                        await ws.recv()
+                        sent += 1
+                used = time.process_time() - cpu
+                if not frames:
+                    per_wake = used / wakes
+                    print(f"{per_wake * 1e6:.0f}")
+                else:
+                    print(f"{(used - per_wake * wakes) / sent * 1e6:.0f}")
+
+    asyncio.run(main())
+""")
+
+
+def run_floor(side: Side, workdir: Path, seconds: float) -> tuple[float, float]:
+    """What this machine charges for the least an agent does: an asyncio timer waking
+    every 0.5 s, and one WebSocket frame and its ack (websockets, as the agent uses it).
+    Returns (us per wake, us per frame and ack), in a clean venv's interpreter."""
+    tokens = {"floor": "floor-token-0123456789"}
+    collector = Collector(workdir, tokens, name="collector-floor").start(30)
+    try:
+        out = subprocess.run([str(side.python), "-c", FLOOR, collector.stream_url,
+                              tokens["floor"], "0.5", str(LINGER_SECONDS), str(seconds)],
+                             check=True, capture_output=True, text=True).stdout.split()
+    finally:
+        collector.terminate(15)
+    return float(out[0]), float(out[1])
+
+
 # --- output -----------------------------------------------------------------------
 
 
@@ -491,7 +566,7 @@ def load_rows(figs: dict[str, Figures], labels: list[str], targets: dict[str, st
     if any(v is not None for v in blocks):
         rows.append(("block device writes per day (MB)",
                      *[None if v is None else v / 1e6 for v in blocks], ",.1f",
-                     "journal and metadata included"))
+                     f"journal, metadata; from {BLOCK_SETTLE:g} s"))
     if any(figs[label].latencies_ms for label in labels):
         counts = [len(figs[label].latencies_ms) for label in labels]
         rows += [
@@ -505,7 +580,7 @@ def load_rows(figs: dict[str, Figures], labels: list[str], targets: dict[str, st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="steady8,dht,outage,drain")
+    p.add_argument("--only", default="steady8,dht,outage,drain,floor")
     p.add_argument("--seconds", type=float, default=60.0, help="measured window per load")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of start-up left out")
     p.add_argument("--outage-seconds", type=float, default=300.0)
@@ -569,6 +644,14 @@ def main() -> None:
                     rows.insert(4, ("written / own bytes", *writes, ".2f", "<= 2"))
                     print_table(f"outage: the dht load, collector unreachable, "
                                 f"{args.outage_seconds:g} s measured", rows, shown)
+                elif load == "floor":
+                    wake, frame = run_floor(sides[-1], work, args.seconds)
+                    print(f"\nfloor: this machine, {sides[-1].python}, {args.seconds:g} s each")
+                    print(f"  an asyncio timer waking every 0.5 s, doing nothing: {wake:,.0f} us "
+                          "CPU per wake")
+                    print(f"  one WebSocket frame of 1 reading and its ack every "
+                          f"{LINGER_SECONDS:g} s (websockets, as the agent uses it): "
+                          f"{frame:,.0f} us CPU per frame")
                 elif load == "drain":
                     figs = run_drain(sides, work, args.drain_readings)
                     rates = [figs[label].drain_rate for label in labels]
