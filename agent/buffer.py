@@ -25,8 +25,7 @@ syncs the log holds are deleted and the others replayed on top of the log.
 Segments whose readings are all acknowledged are deleted; the journal is
 folded into the log when it grows past JOURNAL_BYTES, so its RAM is bounded.
 
-Records, in both stores: u32 body length, u32 CRC-32 of the body, body; the
-body's first byte says what it is. A torn or corrupt record ends its file.
+The files' layout and records, and how they replay: agent/buffer_files.py.
 
 Thread use: append(), recent(), acknowledged() and the properties are quick
 (memory and the RAM journal) and run on the event loop; sync(), after(),
@@ -39,32 +38,57 @@ from __future__ import annotations
 
 import bisect
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from sensor_edge.config.model import DEFAULT_SYNC_INTERVAL
 from sensor_edge.contract.protocol import Reading
 from sensor_edge.agent.sensors import Sample
+from sensor_edge.agent.buffer_files import (
+    DROPPED,
+    FLOOR,
+    JOURNAL,
+    SHIFT,
+    META,
+    RESERVE,
+    ROW_FORMAT,
+    Run,
+    SEQ_FORMAT,
+    SHIFT_FORMAT,
+    State,
+    decode_readings,
+    encode_runs,
+    fsync_directory,
+    journal_directory,
+    journal_path,
+    migrate_sqlite,
+    own_private_directory,
+    read_meta,
+    readings_record,
+    record,
+    records,
+    replay_journals,
+    replay_log,
+    segment_path,
+    seq_of,
+    sibling,
+    state_record,
+    write_all,
+)
 
 log = logging.getLogger("sensor_edge.agent.buffer")
 
 # A segment file is closed and a new one begun past this size; a segment whose
 # readings are all acknowledged is deleted. On a full disk, whole segments go.
 SEGMENT_BYTES = 64 * 1024
-# Rows in one READINGS record on the card at most (a read decodes one whole record).
-RECORD_ROWS = 1000
 # A sync is due this long (at most a tenth of sync_interval) before sync_interval runs out.
 SYNC_MARGIN = 1.0
 # A page's worth of unsynced readings is synced at once: writes then fill whole pages.
@@ -86,296 +110,6 @@ DROP_LOG_EVERY = 60.0
 # Set by tests: after each sync the log is copied here (a power cut's view of the card).
 SNAPSHOTS_ENV = "SENSOR_EDGE_BUFFER_SNAPSHOTS"
 
-META = "meta"
-RESERVE = "reserve"
-SEGMENT_SUFFIX = ".log"
-JOURNAL_PREFIX = "journal-"
-SQLITE_MAGIC = b"SQLite format 3\0"
-
-
-# --- records ------------------------------------------------------------------------
-
-_HEAD = struct.Struct("<II")  # body length, crc32(body)
-_SEQ = struct.Struct("<Q")
-_SHIFT = struct.Struct("<Qq")  # seqs from this one on move by that much
-_STATE = struct.Struct("<QQQQ")  # generation, last seq, floor, dropped; then the epoch
-_RUN = struct.Struct("<QH")  # first seq, key count; then the keys, then the rows
-_NAME = struct.Struct("<H")
-_ROW = struct.Struct("<Hdd")  # key, value, ts
-
-JOURNAL, READINGS, FLOOR, DROPPED, SHIFT, STATE = range(1, 7)
-
-
-def _record(kind: int, payload: bytes) -> bytes:
-    body = bytes((kind,)) + payload
-    return _HEAD.pack(len(body), zlib.crc32(body)) + body
-
-
-def _readings_record(first: int, samples: Iterable[Sample]) -> bytes:
-    """Consecutive seqs from ``first``; each (sensor, metric, unit) is written once."""
-    keys: dict[tuple[str, str, str], int] = {}
-    rows = []
-    for sensor, metric, value, unit, ts in samples:
-        key = keys.setdefault((sensor, metric, unit), len(keys))
-        rows.append(_ROW.pack(key, value, ts))
-    names = []
-    for key in keys:
-        for name in key:
-            encoded = name.encode()
-            names.append(_NAME.pack(len(encoded)) + encoded)
-    return _record(READINGS, _RUN.pack(first, len(keys)) + b"".join(names) + b"".join(rows))
-
-
-def _decode_readings(payload: bytes) -> tuple[int, list[Sample]]:
-    """A READINGS record's first seq and its samples."""
-    first, count = _RUN.unpack_from(payload)
-    at = _RUN.size
-    keys = []
-    for _ in range(count):
-        key = []
-        for _ in range(3):
-            (size,) = _NAME.unpack_from(payload, at)
-            key.append(payload[at + 2:at + 2 + size].decode())
-            at += 2 + size
-        keys.append(key)
-    rows = [(*keys[k][:2], value, keys[k][2], ts)
-            for k, value, ts in _ROW.iter_unpack(payload[at:])]
-    return first, rows
-
-
-def _state_record(gen: int, last: int, floor: int, dropped: int, epoch: str) -> bytes:
-    return _record(STATE, _STATE.pack(gen, last, floor, dropped) + epoch.encode())
-
-
-def _records(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """(offset, length, kind, payload) of each intact record; stops at the first bad one."""
-    at = 0
-    while at + _HEAD.size <= len(data):
-        size, crc = _HEAD.unpack_from(data, at)
-        body = data[at + _HEAD.size:at + _HEAD.size + size]
-        if size == 0 or len(body) < size or zlib.crc32(body) != crc:
-            return
-        yield at, _HEAD.size + size, body[0], body[1:]
-        at += _HEAD.size + size
-
-
-# --- what the files hold --------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """Readings on the card: rows skip..skip+count of the READINGS record at offset."""
-
-    segment: int
-    offset: int
-    length: int
-    first: int  # the seq of row `skip`
-    skip: int
-    count: int
-
-    @property
-    def last(self) -> int:
-        return self.first + self.count - 1
-
-
-@dataclass
-class _State:
-    """What replaying the log and the journals gives."""
-
-    epoch: str | None = None
-    gen: int = 0  # of the last sync the log holds
-    last_seq: int = 0
-    floor: int = 0  # every seq up to here is forgotten: acknowledged or dropped
-    dropped: int = 0
-    runs: list[_Run] = field(default_factory=list)  # on the card, in seq order
-    pending: list[Reading] = field(default_factory=list)  # in RAM only, in seq order
-    segments: list[int] = field(default_factory=list)
-    journals: list[int] = field(default_factory=list)  # generations of the live journals
-
-    def shift(self, start: int, by: int) -> None:
-        """Move every seq from ``start`` on by ``by``."""
-        runs: list[_Run] = []
-        for run in self.runs:
-            if run.last < start:
-                runs.append(run)
-            elif run.first >= start:
-                runs.append(_Run(run.segment, run.offset, run.length, run.first + by,
-                                 run.skip, run.count))
-            else:  # split: the part before `start` stays
-                head = start - run.first
-                runs.append(_Run(run.segment, run.offset, run.length, run.first, run.skip,
-                                 head))
-                runs.append(_Run(run.segment, run.offset, run.length, start + by,
-                                 run.skip + head, run.count - head))
-        self.runs = runs
-        self.pending = [r if r.seq < start else r._replace(seq=r.seq + by)
-                        for r in self.pending]
-        self.last_seq += by
-
-    def forget(self, upto: int) -> None:
-        """Everything up to ``upto`` is acknowledged or dropped."""
-        if upto > self.floor:
-            self.set_floor(upto)
-
-    def set_floor(self, floor: int) -> None:
-        self.floor = floor
-        if self.runs and self.runs[0].last <= floor:
-            del self.runs[:bisect.bisect_right(self.runs, floor, key=_last)]
-        if self.pending and self.pending[0].seq <= floor:
-            del self.pending[:bisect.bisect_right(self.pending, floor, key=_seq)]
-
-    def apply(self, gen: int, last: int, floor: int, dropped: int, epoch: str) -> None:
-        """A STATE record: what the buffer was when it was written."""
-        self.gen, self.last_seq, self.dropped, self.epoch = gen, last, dropped, epoch
-        self.set_floor(floor)
-
-
-def _seq(reading: Reading) -> int:
-    return reading.seq
-
-
-def _last(run: _Run) -> int:
-    return run.last
-
-
-def _segment_path(directory: Path, number: int) -> Path:
-    return directory / f"{number:010d}{SEGMENT_SUFFIX}"
-
-
-def _journal_path(directory: Path, gen: int) -> Path:
-    return directory / f"{JOURNAL_PREFIX}{gen:010d}"
-
-
-def _numbered(directory: Path, prefix: str, suffix: str) -> list[int]:
-    numbers = []
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if name.startswith(prefix) and name.endswith(suffix):
-            digits = name[len(prefix):len(name) - len(suffix)]
-            if digits.isdigit():
-                numbers.append(int(digits))
-    return sorted(numbers)
-
-
-def _replay_log(directory: Path, state: _State, *, quiet: bool = False) -> None:
-    """Fold the log into ``state``: the records of each sync count once its STATE is read."""
-    for number in _numbered(directory, "", SEGMENT_SUFFIX):
-        try:
-            data = _segment_path(directory, number).read_bytes()
-        except FileNotFoundError:
-            continue  # deleted meanwhile (inspect() reads a live buffer)
-        state.segments.append(number)
-        uncommitted: list[tuple[int, int, int, bytes]] = []
-        end = 0
-        for offset, length, kind, payload in _records(data):
-            end = offset + length
-            if kind != STATE:
-                uncommitted.append((offset, length, kind, payload))
-                continue
-            for at, size, k, body in uncommitted:
-                if k == SHIFT:
-                    state.shift(*_SHIFT.unpack(body))
-                elif k == READINGS:
-                    first, rows = _decode_readings(body)
-                    if rows:
-                        state.runs.append(_Run(number, at, size, first, 0, len(rows)))
-            uncommitted.clear()
-            state.apply(*_STATE.unpack_from(payload), payload[_STATE.size:].decode())
-        if end < len(data) and not quiet:
-            log.warning("buffer segment %s ends with %d bytes of an unfinished write (a power "
-                        "cut?): ignored", _segment_path(directory, number), len(data) - end)
-
-
-def _replay_journals(directory: Path, state: _State, *, remove_stale: bool) -> None:
-    """Fold the journals newer than the log's last sync into ``state``."""
-    for gen in _numbered(directory, JOURNAL_PREFIX, ""):
-        path = _journal_path(directory, gen)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue  # removed by a sync meanwhile (inspect() reads a live buffer)
-        records = iter(_records(data))
-        header = next(records, None)
-        fresh = (header is not None and header[2] == JOURNAL and
-                 header[3][_SEQ.size:].decode() == state.epoch and gen >= state.gen)
-        if not fresh:
-            if remove_stale:
-                path.unlink(missing_ok=True)
-            continue
-        state.journals.append(gen)
-        for _, _, kind, payload in records:
-            if kind == READINGS:
-                first, rows = _decode_readings(payload)
-                for i, row in enumerate(rows):
-                    if first + i > state.last_seq:
-                        state.pending.append(Reading._make((first + i, *row)))
-                state.last_seq = max(state.last_seq, first + len(rows) - 1)
-            elif kind == FLOOR:
-                state.forget(_SEQ.unpack(payload)[0])
-            elif kind == DROPPED:
-                state.dropped = _SEQ.unpack(payload)[0]
-            elif kind == SHIFT:
-                state.shift(*_SHIFT.unpack(payload))
-
-
-def journal_directory(path: str, runtime: str | None = None) -> Path:
-    """Where the RAM journal of the buffer at ``path`` lives.
-
-    ``runtime`` (default: $RUNTIME_DIRECTORY, which systemd sets from the
-    unit's RuntimeDirectory=, kept over restarts) or else /dev/shm; both are
-    tmpfs. Named after the buffer's path, so two buffers never share one.
-    """
-    runtime = runtime or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:16]
-    if runtime:
-        return Path(runtime) / f"journal-{key}"
-    return Path("/dev/shm") / f"sensor-agent-{os.getuid()}-{key}"
-
-
-def _own_private_directory(directory: Path) -> bool:
-    """Make ``directory`` (mode 0700); False unless it is ours alone, not a symlink."""
-    try:
-        directory.mkdir(mode=0o700, parents=False, exist_ok=True)
-        st = os.lstat(directory)
-    except OSError:
-        return False
-    import stat
-
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
-
-
-@dataclass(frozen=True)
-class BufferState:
-    """A buffer as its files show it (see :func:`inspect`)."""
-
-    epoch: str | None
-    last_seq: int
-    floor: int
-    dropped: int
-
-    @property
-    def depth(self) -> int:
-        return self.last_seq - self.floor
-
-    @property
-    def oldest(self) -> int | None:
-        """The oldest seq waiting for an ack."""
-        return self.floor + 1 if self.depth else None
-
-
-def inspect(path: str, runtime: str | None = None) -> BufferState:
-    """Read a buffer's files without changing them (a running agent's too)."""
-    state = _State()
-    _replay_log(Path(path), state, quiet=True)
-    if state.epoch is None:
-        state.epoch = _read_meta(Path(path)).get("epoch")
-    _replay_journals(journal_directory(path, runtime), state, remove_stale=False)
-    return BufferState(state.epoch, state.last_seq, state.floor, state.dropped)
-
-
 def machine_identity(root: str = "/") -> str | None:
     """What names this machine: systemd's machine id and the board's serial number.
 
@@ -393,30 +127,8 @@ def machine_identity(root: str = "/") -> str | None:
     return "/".join(parts) if any(parts) else None
 
 
-def _read_meta(directory: Path) -> dict:
-    """The buffer's meta file: {"epoch", "machine"}."""
-    try:
-        return json.loads((directory / META).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def _disk_full(error: OSError) -> bool:
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Buffer:
@@ -438,32 +150,32 @@ class Buffer:
         self._clock = clock
         self._lock = threading.Lock()
         if self.directory.is_file():
-            _migrate_sqlite(self.directory)
-        elif not self.directory.exists() and _sibling(self.directory, ".migrating").is_dir():
+            migrate_sqlite(self.directory)
+        elif not self.directory.exists() and sibling(self.directory, ".migrating").is_dir():
             # A migration was cut short between its last two steps.
-            os.rename(_sibling(self.directory, ".migrating"), self.directory)
-        _sibling(self.directory, ".sqlite-old").unlink(missing_ok=True)
+            os.rename(sibling(self.directory, ".migrating"), self.directory)
+        sibling(self.directory, ".sqlite-old").unlink(missing_ok=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.journals = journal_directory(path, runtime)
-        if not _own_private_directory(self.journals):
+        if not own_private_directory(self.journals):
             log.warning("cannot keep the buffer's journal in RAM (%s is not a private "
                         "directory of ours): it goes on the card, which then takes a write "
                         "for every reading", self.journals)
             self.journals = self.directory / "journal"
             self.journals.mkdir(mode=0o700, exist_ok=True)
 
-        meta = self._read_meta()
-        state = _State()
-        _replay_log(self.directory, state)
+        meta = read_meta(self.directory)
+        state = State()
+        replay_log(self.directory, state)
         # The log's STATE records say which epoch; the meta file too, for the
         # moments a full disk leaves the log without one.
         created = state.epoch is None and "epoch" not in meta
         if created:
-            state = _State(epoch=uuid.uuid4().hex)
+            state = State(epoch=uuid.uuid4().hex)
             self._write_meta({"epoch": state.epoch})
         elif state.epoch is None:
             state.epoch = meta["epoch"]
-        _replay_journals(self.journals, state, remove_stale=True)
+        replay_journals(self.journals, state, remove_stale=True)
         self._state = state
         self.epoch: str = state.epoch
         self._durable = (state.gen, state.last_seq, state.floor, state.dropped, state.epoch)
@@ -483,7 +195,7 @@ class Buffer:
         self._log_segment = state.segments[-1] if state.segments else 0
         self._capped = False  # the disk filled up: the log stays within _cap bytes
         self._cap = 0
-        self._sizes = {n: _segment_path(self.directory, n).stat().st_size
+        self._sizes = {n: segment_path(self.directory, n).stat().st_size
                        for n in state.segments}
         self._reserve_retry_at = 0.0
         self._drop_logged_at = -DROP_LOG_EVERY
@@ -533,13 +245,13 @@ class Buffer:
     # --- the journal (RAM) --------------------------------------------------------
 
     def _open_journal(self, gen: int) -> None:
-        path = _journal_path(self.journals, gen)
+        path = journal_path(self.journals, gen)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         size = os.fstat(fd).st_size
         if size == 0:
-            header = _record(JOURNAL, _SEQ.pack(gen) + self.epoch.encode())
+            header = record(JOURNAL, SEQ_FORMAT.pack(gen) + self.epoch.encode())
             try:
-                _write_all(fd, header)
+                write_all(fd, header)
             except OSError:
                 os.close(fd)
                 raise
@@ -549,7 +261,7 @@ class Buffer:
         self._journal_fd, self._journal_bytes = fd, size
 
     def _journal(self, data: bytes) -> None:
-        _write_all(self._journal_fd, data)
+        write_all(self._journal_fd, data)
         self._journal_bytes += len(data)
 
     def _journal_quietly(self, data: bytes) -> None:
@@ -572,7 +284,8 @@ class Buffer:
             state = self._state
             first = state.last_seq + 1
             last = first + len(samples) - 1
-            record = _readings_record(first, samples)
+            data = readings_record(first, samples)
+            full = last - state.floor > self.max_readings
             floor = max(state.floor, last - self.max_readings)
             unsynced = len(state.pending) + len(samples) - MAX_UNSYNCED
             if unsynced > 0:
@@ -582,17 +295,22 @@ class Buffer:
                             - len(state.pending) - 1)
             over = floor - state.floor
             if over > 0:
-                record += (_record(FLOOR, _SEQ.pack(floor)) +
-                           _record(DROPPED, _SEQ.pack(state.dropped + over)))
-            self._journal(record)
+                data += (record(FLOOR, SEQ_FORMAT.pack(floor)) +
+                         record(DROPPED, SEQ_FORMAT.pack(state.dropped + over)))
+            self._journal(data)
             state.pending.extend(Reading._make((first + i, *s)) for i, s in enumerate(samples))
             state.last_seq = last
             self._accepted_at.append((last, self._clock()))
             if over > 0:
                 state.dropped += over
                 state.forget(floor)
-                log.warning("buffer full (%d readings): dropped the %d oldest, %d dropped in "
-                            "all", self.max_readings, over, state.dropped)
+                if full:
+                    self._log_drop("buffer full (%d readings): dropped the %d oldest, %d "
+                                   "dropped in all", self.max_readings, over, state.dropped)
+                else:
+                    self._log_drop("%d readings wait in RAM for the card, which takes none: "
+                                   "dropped the %d oldest, %d dropped in all", MAX_UNSYNCED,
+                                   over, state.dropped)
         return last
 
     def recent(self, seq: int, limit: int) -> list[Reading] | None:
@@ -601,7 +319,7 @@ class Buffer:
             state = self._state
             if state.runs and state.runs[-1].last > seq:
                 return None
-            start = bisect.bisect_right(state.pending, seq, key=_seq)
+            start = bisect.bisect_right(state.pending, seq, key=seq_of)
             return state.pending[start:start + limit]
 
     def acknowledged(self, seq: int) -> None:
@@ -609,7 +327,7 @@ class Buffer:
         with self._lock:
             if seq <= self._state.floor:
                 return
-            self._journal_quietly(_record(FLOOR, _SEQ.pack(seq)))
+            self._journal_quietly(record(FLOOR, SEQ_FORMAT.pack(seq)))
             self._state.forget(seq)
 
     def sync_due(self) -> float | None:
@@ -620,7 +338,7 @@ class Buffer:
                 return self._clock()
             if not state.pending:
                 return None
-            if len(state.pending) * _ROW.size >= SYNC_BYTES:
+            if len(state.pending) * ROW_FORMAT.size >= SYNC_BYTES:
                 return self._clock()
             first = state.pending[0].seq
             while self._accepted_at and self._accepted_at[0][0] < first:
@@ -662,8 +380,8 @@ class Buffer:
             pending = list(state.pending)
             shifts = list(self._shifts)
             last = state.last_seq  # the card will hold all up to here but the acknowledged
-        shift_records = b"".join(_record(SHIFT, _SHIFT.pack(*s)) for s in shifts)
-        body, runs = _encode_runs(pending, len(shift_records))
+        shift_records = b"".join(record(SHIFT, SHIFT_FORMAT.pack(*s)) for s in shifts)
+        body, runs = encode_runs(pending, len(shift_records))
         for attempt in range(FULL_RETRIES + 1):
             while self._capped and sum(self._sizes.values()) + len(body) > self._cap \
                     and self._drop_oldest():
@@ -672,10 +390,10 @@ class Buffer:
                 durable = (gen, last, min(state.floor, last), state.dropped, self.epoch)
                 if pending and pending[0].seq <= state.floor:  # dropped to make room
                     pending = [r for r in pending if r.seq > state.floor]
-                    body, runs = _encode_runs(pending, len(shift_records))
+                    body, runs = encode_runs(pending, len(shift_records))
             try:
                 segment, offset = self._append_log(shift_records + body +
-                                                   _state_record(*durable))
+                                                   state_record(*durable))
                 break
             except OSError as e:
                 if not _disk_full(e) or attempt == FULL_RETRIES or not self._make_room():
@@ -686,15 +404,15 @@ class Buffer:
             self._durable = durable
             for where, length, first, count in runs:
                 if first + count - 1 > state.floor:
-                    state.runs.append(_Run(segment, offset + where, length, first, 0, count))
+                    state.runs.append(Run(segment, offset + where, length, first, 0, count))
             if pending:
                 del state.pending[:bisect.bisect_right(state.pending, pending[-1].seq,
-                                                       key=_seq)]
+                                                       key=seq_of)]
             del self._shifts[:len(shifts)]
             stale = [g for g in state.journals if g < gen]
             state.journals = [g for g in state.journals if g >= gen]
         for old in stale:
-            _journal_path(self.journals, old).unlink(missing_ok=True)
+            journal_path(self.journals, old).unlink(missing_ok=True)
         if self._capped and time.monotonic() >= self._reserve_retry_at:
             self._take_reserve()
         if self.after_sync is not None:
@@ -708,10 +426,10 @@ class Buffer:
             self._new_segment()
         start = self._log_size
         try:
-            _write_all(self._log_fd, data)
+            write_all(self._log_fd, data)
             os.fdatasync(self._log_fd)
             if new:
-                _fsync_directory(self.directory)  # the new file's name is on the card too
+                fsync_directory(self.directory)  # the new file's name is on the card too
         except OSError:
             try:
                 os.ftruncate(self._log_fd, start)  # never leave half a record behind
@@ -727,7 +445,7 @@ class Buffer:
             os.close(self._log_fd)
             self._log_fd = -1
         number = self._log_segment + 1
-        fd = os.open(_segment_path(self.directory, number),
+        fd = os.open(segment_path(self.directory, number),
                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         with self._lock:
             self._state.segments.append(number)
@@ -756,26 +474,28 @@ class Buffer:
                 return False
             over = max(0, upto - state.floor)
             if over:
-                self._journal_quietly(_record(FLOOR, _SEQ.pack(upto)) +
-                                      _record(DROPPED, _SEQ.pack(state.dropped + over)))
+                self._journal_quietly(record(FLOOR, SEQ_FORMAT.pack(upto)) +
+                                      record(DROPPED, SEQ_FORMAT.pack(state.dropped + over)))
                 state.dropped += over
                 state.forget(upto)
         if number is not None:
             if number == self._log_segment and self._log_fd >= 0:
                 os.close(self._log_fd)
                 self._log_fd = -1
-            _segment_path(self.directory, number).unlink(missing_ok=True)
+            segment_path(self.directory, number).unlink(missing_ok=True)
             self._sizes.pop(number, None)
-        if not over:
-            return True
+        if over:
+            self._log_drop("disk full: dropped the %d oldest readings to make room, %d "
+                           "dropped in all", over, state.dropped)
+        return True
+
+    def _log_drop(self, message: str, *args: object) -> None:
+        """A warning, but one a minute at most: a full buffer or disk drops again and again."""
         now = time.monotonic()
-        quiet = now - self._drop_logged_at < DROP_LOG_EVERY  # a full disk drops again and again
+        quiet = now - self._drop_logged_at < DROP_LOG_EVERY
         if not quiet:
             self._drop_logged_at = now
-        log.log(logging.DEBUG if quiet else logging.WARNING,
-                "disk full: dropped the %d oldest readings to make room, %d dropped in all",
-                over, state.dropped)
-        return True
+        log.log(logging.DEBUG if quiet else logging.WARNING, message, *args)
 
     def _take_reserve(self) -> None:
         """Set aside RESERVE_BYTES on the buffer's file system, if not done already."""
@@ -824,7 +544,7 @@ class Buffer:
             dead = [n for n in state.segments if n < oldest_needed]
             state.segments = [n for n in state.segments if n >= oldest_needed]
         for number in dead:
-            _segment_path(self.directory, number).unlink(missing_ok=True)
+            segment_path(self.directory, number).unlink(missing_ok=True)
             self._sizes.pop(number, None)
 
     def after(self, seq: int, limit: int) -> list[Reading]:
@@ -839,15 +559,15 @@ class Buffer:
             if len(out) >= limit:
                 return out
             out += self._read_run(run, seq + 1, limit - len(out))
-        start = bisect.bisect_right(pending, seq, key=_seq)
+        start = bisect.bisect_right(pending, seq, key=seq_of)
         return out + pending[start:start + limit - len(out)]
 
-    def _read_run(self, run: _Run, start: int, limit: int) -> list[Reading]:
-        with open(_segment_path(self.directory, run.segment), "rb") as f:
+    def _read_run(self, run: Run, start: int, limit: int) -> list[Reading]:
+        with open(segment_path(self.directory, run.segment), "rb") as f:
             f.seek(run.offset)
             data = f.read(run.length)
-        (_, _, _, payload), = _records(data)
-        _, rows = _decode_readings(payload)
+        (_, _, _, payload), = records(data)
+        _, rows = decode_readings(payload)
         begin = max(0, start - run.first)
         end = min(run.count, begin + limit)
         return [Reading._make((run.first + i, *rows[run.skip + i])) for i in range(begin, end)]
@@ -888,7 +608,7 @@ class Buffer:
             if collides:
                 shift = acked - start + 1
                 moved = state.last_seq - start + 1
-                self._journal_quietly(_record(SHIFT, _SHIFT.pack(start, shift)))
+                self._journal_quietly(record(SHIFT, SHIFT_FORMAT.pack(start, shift)))
                 state.shift(start, shift)
                 self._shifts.append((start, shift))
                 log.warning("the collector already holds seqs up to %d but this buffer's next "
@@ -907,9 +627,6 @@ class Buffer:
             state.shift(state.floor + 1, -state.floor)
             state.floor = 0
 
-    def _read_meta(self) -> dict:
-        return _read_meta(self.directory)
-
     def _write_meta(self, meta: dict) -> None:
         temporary = self.directory / (META + ".new")
         with open(temporary, "w") as f:
@@ -917,7 +634,7 @@ class Buffer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.directory / META)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def _snapshot(self) -> None:
         """The test hook: copy the log as it is now, i.e. what a power cut would leave."""
@@ -941,7 +658,7 @@ class Buffer:
             self._log_fd = -1
         if synced:
             for gen in self._state.journals:
-                _journal_path(self.journals, gen).unlink(missing_ok=True)
+                journal_path(self.journals, gen).unlink(missing_ok=True)
             try:
                 self.journals.rmdir()
             except OSError:
@@ -951,76 +668,3 @@ class Buffer:
                       "machine restarts", len(self._state.pending), self.path, self.journals)
 
 
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
-def _encode_runs(readings: list[Reading], at: int) -> tuple[bytes, list[tuple[int, int, int, int]]]:
-    """READINGS records for ``readings``, and where each run lands: (offset from the start
-    of the write, given that ``at`` bytes come before them; length; first seq; count)."""
-    records, runs = [], []
-    for first, rows in _consecutive(readings):
-        record = _readings_record(first, rows)
-        runs.append((at, len(record), first, len(rows)))
-        records.append(record)
-        at += len(record)
-    return b"".join(records), runs
-
-
-def _consecutive(readings: list[Reading]) -> Iterator[tuple[int, list[Sample]]]:
-    """Runs of consecutive seqs, at most RECORD_ROWS each: (first seq, their samples)."""
-    run: list[Sample] = []
-    first = expected = 0
-    for reading in readings:
-        if run and (reading.seq != expected or len(run) >= RECORD_ROWS):
-            yield first, run
-            run = []
-        if not run:
-            first = reading.seq
-        run.append(reading[1:])
-        expected = reading.seq + 1
-    if run:
-        yield first, run
-
-
-def _migrate_sqlite(path: Path) -> None:
-    """Turn the SQLite buffer of earlier releases at ``path`` into a log directory.
-
-    Its epoch, seqs, dropped count and machine are kept. Crash-safe: the new
-    directory is complete before it takes the old file's place.
-    """
-    with open(path, "rb") as f:
-        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-            raise OSError(errno.EEXIST, f"{path} is a file, not a buffer directory")
-    import sqlite3
-
-    db = sqlite3.connect(path)
-    try:
-        meta = dict(db.execute("SELECT key, value FROM meta"))
-        rows = db.execute("SELECT seq, sensor, metric, value, unit, ts FROM readings "
-                          "ORDER BY seq").fetchall()
-    finally:
-        db.close()
-    last = int(meta.get("last_seq", 0))
-    floor = rows[0][0] - 1 if rows else last
-    staging = _sibling(path, ".migrating")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    readings = [Reading._make(row) for row in rows]
-    body = b"".join(_readings_record(first, run) for first, run in _consecutive(readings))
-    state = _state_record(0, last, floor, int(meta.get("dropped", 0)), meta["epoch"])
-    with open(_segment_path(staging, 1), "wb") as f:
-        f.write(body + state)
-        f.flush()
-        os.fsync(f.fileno())
-    (staging / META).write_text(json.dumps({"epoch": meta["epoch"],
-                                            "machine": meta.get("machine")}))
-    _fsync_directory(staging)
-    old = _sibling(path, ".sqlite-old")
-    os.replace(path, old)
-    os.rename(staging, path)
-    _fsync_directory(path.parent)
-    for leftover in (old, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.reserve")):
-        leftover.unlink(missing_ok=True)
-    log.warning("buffer %s: moved %d readings (epoch %s, up to seq %d) from the SQLite buffer "
-                "of earlier releases into the log", path, len(rows), meta["epoch"], last)

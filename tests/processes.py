@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from sensor_edge.agent.buffer import BufferState, inspect
+from sensor_edge.agent.buffer_files import BufferState, inspect
 
 HOST = "127.0.0.1"
 

@@ -7,7 +7,8 @@ import sqlite3
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sensor_edge.agent.buffer import Buffer, inspect, machine_identity
+from sensor_edge.agent.buffer import Buffer, machine_identity
+from sensor_edge.agent.buffer_files import inspect
 
 
 def samples(n: int, start: float = 0.0) -> list[tuple]:

@@ -15,7 +15,8 @@ import pytest
 from checks import assert_exactly_once, drain, say, seeded
 from processes import wait_until
 
-from sensor_edge.agent.buffer import SNAPSHOTS_ENV, journal_directory
+from sensor_edge.agent.buffer import SNAPSHOTS_ENV
+from sensor_edge.agent.buffer_files import journal_directory
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
