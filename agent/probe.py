@@ -11,7 +11,6 @@ part's own values.
 
 from __future__ import annotations
 
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,6 +124,8 @@ def print_buses(backend: Backend, config: AgentConfig, out: TextIO) -> None:
 
 
 def print_table(results: list[ProbeResult], backend: str, out: TextIO) -> None:
+    import statistics  # here, not at the top: the running agent imports this module too
+
     rows = [("SENSOR", "TYPE", "WHERE", "READ TIME", "FAILED", "VALUES OR LAST ERROR")]
     for r in results:
         failed = r.reads - r.good

@@ -1,25 +1,35 @@
 """Reads every sensor on its own schedule and hands the samples on.
 
-Blocking reads run on a small thread pool; digital edges arrive on
-gpiozero's threads and reach the event loop through call_soon_threadsafe.
+One tick reads every polled sensor that is due together and hands all their
+samples on at once (so one buffer write and one frame), not one per sensor.
+Quick reads (a CPU temperature from sysfs, a digital input's level) run on
+the event loop's timer. Slow ones (a DHT) run on the read thread, which
+keeps their time itself and takes along the quick sensors due then: each
+tick wakes the agent as few times as it can, and a slow read never holds up
+the loop. A sensor without a physical floor may be read up to COALESCE
+seconds early or late to share a tick; a DHT never early. Digital edges
+arrive on gpiozero's threads and are handed on at once, through
+call_soon_threadsafe.
+
 A DHT is never read sooner than its spacing (its floor, and the library's
 cache window) after the previous read ended, failed or not; a failing sensor
 is retried at that spacing, counted by kind and logged, and never stops the
-agent. Each sensor's filters (filters.py) run here, before anything is
-handed on to be buffered.
+agent. Every sample passes through admit(), where each sensor's filters
+(filters.py) run, before anything is handed on to be buffered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sensor_edge.agent.filters import SensorFilters
-from sensor_edge.contract.status import SensorHealth
 from sensor_edge.agent.sensors import DigitalSensor, Sample, Sensor, SensorReadError
+from sensor_edge.contract.status import SensorHealth
 
 log = logging.getLogger("sensor_edge.agent.sampler")
 
@@ -27,9 +37,14 @@ log = logging.getLogger("sensor_edge.agent.sampler")
 DEFAULT_RETRY = 1.0
 # Log a sensor that keeps failing at these consecutive-failure counts, then every 1000th.
 LOUD_FAILURES = (1, 10, 100)
-# Reads at once: a DS18B20 holds a thread for its 750 ms conversion, and the
-# others should not queue behind it.
-MAX_READ_THREADS = 4
+# How far off its time a sensor without a floor may be read to share a tick
+# (at most a quarter of its interval).
+COALESCE = 0.05
+
+# On stop, how long a read under way may take to end.
+STOP_WAIT = 2.0
+
+Outcome = tuple[list[Sample] | BaseException, float]  # what a read gave, when it ended
 
 
 @dataclass
@@ -51,62 +66,168 @@ class SensorStats:
             held_back=self.filters.held_back if self.filters is not None else 0)
 
 
+@dataclass
+class _Schedule:
+    """When a polled sensor is read next (monotonic clock, the loop's)."""
+
+    sensor: Sensor
+    interval: float
+    due: float  # the next read, at the earliest
+    slot: float  # its place on the sensor's own cadence
+    reading: bool = False  # a read is under way
+
+    @property
+    def slack(self) -> float:
+        """How early it may be read to share a tick: none with a physical floor."""
+        return 0.0 if self.sensor.min_spacing else min(COALESCE, self.interval / 4)
+
+    def after(self, outcome: list[Sample] | BaseException, ended: float) -> None:
+        """Set the next read from how this one went."""
+        interval, spacing = self.interval, self.sensor.min_spacing
+        if isinstance(outcome, SensorReadError):
+            # Retry soon, but never sooner than the spacing after this read ended.
+            self.due = ended + max(spacing, min(interval, DEFAULT_RETRY))
+        elif isinstance(outcome, BaseException):
+            self.due = ended + max(spacing, interval)
+        else:
+            # Keep the cadence, but never fall behind by more than one interval.
+            self.slot = max(self.slot + interval, ended - interval)
+            self.due = max(self.slot, ended + spacing)
+        self.reading = False
+
+
 class Sampler:
-    def __init__(self, sensors: list[Sensor], emit: Callable[[list[Sample]], None]):
+    def __init__(self, sensors: list[Sensor], emit: Callable[[list[Sample]], None],
+                 emit_edge: Callable[[list[Sample]], None] | None = None):
+        """``emit`` takes each tick's samples; ``emit_edge`` (default: emit) an edge's,
+        which must go out at once."""
         self.sensors = sensors
         self.filters = {s.name: SensorFilters(s.config) for s in sensors}
         self.stats = {s.name: SensorStats(filters=self.filters[s.name]) for s in sensors}
         self._emit = emit
-        polled = sum(1 for s in sensors if s.config.interval is not None)
-        self._executor = ThreadPoolExecutor(max(2, min(polled, MAX_READ_THREADS)),
-                                            thread_name_prefix="sensor-read")
-        self._tasks: list[asyncio.Task[None]] = []
+        self._emit_edge = emit_edge or emit
+        self._schedules: list[_Schedule] = []
+        # Guards the schedules: the loop and the read thread both claim sensors to read.
+        self._lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_next: float | None = None  # when the read thread reads next
+        self._stop = threading.Event()
+        self._stopping = False
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        now = loop.time()
         for sensor in self.sensors:
             if isinstance(sensor, DigitalSensor):
                 sensor.on_edge(lambda sample, s=sensor: loop.call_soon_threadsafe(
                     self._edge, s, sample))
             if sensor.config.interval is not None:
-                self._tasks.append(asyncio.create_task(self._poll(sensor), name=sensor.name))
+                self._schedules.append(_Schedule(sensor, sensor.config.interval, now, now))
+        if any(not s.sensor.reads_quickly for s in self._schedules):
+            self._thread = threading.Thread(target=self._read_slowly, name="sensor-read",
+                                            daemon=True)
+            self._thread.start()
+        self._plan()
+
+    def admit(self, sensor: Sensor, samples: list[Sample]) -> list[Sample]:
+        """What of a sensor's read goes on to the buffer: its filters' say."""
+        return self.filters[sensor.name](samples)
 
     def _edge(self, sensor: Sensor, sample: Sample) -> None:
+        if self._stopping:
+            return
         self.stats[sensor.name].good += 1
-        self._hand_on(sensor, [sample])
+        admitted = self.admit(sensor, [sample])
+        if admitted:
+            self._emit_edge(admitted)
 
-    def _hand_on(self, sensor: Sensor, samples: list[Sample]) -> None:
-        kept = self.filters[sensor.name](samples)
-        if kept:
-            self._emit(kept)
+    # --- ticks ----------------------------------------------------------------------
 
-    async def _poll(self, sensor: Sensor) -> None:
-        loop = asyncio.get_running_loop()
-        interval = sensor.config.interval
-        spacing = sensor.min_spacing
-        stats = self.stats[sensor.name]
-        next_read = loop.time()
+    def _claim(self, now: float, quick_only: bool) -> list[_Schedule]:
+        """Under the lock: the idle sensors due now (quick ones a little early too)."""
+        due = [s for s in self._schedules if not s.reading and s.due <= now + s.slack
+               and (s.sensor.reads_quickly or not quick_only)]
+        for schedule in due:
+            schedule.reading = True
+        return due
+
+    def _plan(self) -> None:
+        """Set the loop's timer for the next tick of quick reads the read thread will not
+        take along."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._stopping:
+            return
+        with self._lock:
+            then = self._thread_next
+            dues = [s.due for s in self._schedules if s.sensor.reads_quickly and not s.reading
+                    and (then is None or not then - COALESCE <= s.due <= then + s.slack)]
+        if dues:
+            self._timer = self._loop.call_at(min(dues), self._tick)
+
+    def _tick(self) -> None:
+        """The loop's timer: read the quick sensors that are due, here and now."""
+        self._timer = None
+        with self._lock:
+            due = self._claim(self._loop.time(), quick_only=True)
+        outcomes = [_read(s.sensor) for s in due]
+        with self._lock:
+            for schedule, (outcome, ended) in zip(due, outcomes, strict=True):
+                schedule.after(outcome, ended)
+        self._hand_on(due, outcomes)
+
+    def _read_slowly(self) -> None:
+        """The read thread: at each slow sensor's time, read it and every sensor due with
+        it, then hand the outcomes to the loop at once."""
         while True:
-            await asyncio.sleep(max(0.0, next_read - loop.time()))
+            with self._lock:
+                dues = [s.due for s in self._schedules
+                        if not s.sensor.reads_quickly and not s.reading]
+                self._thread_next = at = min(dues) if dues else None
+            if at is None or self._stop.wait(max(0.0, at - time.monotonic())):
+                return  # (a slow sensor is always either idle or being read here)
+            with self._lock:
+                due = self._claim(time.monotonic(), quick_only=False)
+                self._thread_next = None
+            outcomes = [_read(s.sensor) for s in due]
+            with self._lock:
+                for schedule, (outcome, ended) in zip(due, outcomes, strict=True):
+                    schedule.after(outcome, ended)
             try:
-                samples = await loop.run_in_executor(self._executor, sensor.read)
-            except SensorReadError as e:
-                self._failed(sensor, stats, e.kind, str(e))
-                # Retry soon, but never sooner than the spacing after this read ended.
-                next_read = loop.time() + max(spacing, min(interval, DEFAULT_RETRY))
-                continue
-            except Exception as e:  # a driver bug must not take the agent down
-                self._failed(sensor, stats, "error", f"{type(e).__name__}: {e}")
-                next_read = loop.time() + max(spacing, interval)
-                continue
-            if stats.consecutive_failures >= LOUD_FAILURES[1]:
-                log.info("sensor %s reads again after %d failures", sensor.name,
-                         stats.consecutive_failures)
-            stats.good += 1
-            stats.consecutive_failures = 0
-            self._hand_on(sensor, samples)
-            # Keep the cadence, but never fall behind by more than one interval.
-            next_read = max(next_read + interval, loop.time() + spacing, loop.time() - interval)
+                self._loop.call_soon_threadsafe(self._read, due, outcomes)
+            except RuntimeError:  # the loop is closed: the agent is gone
+                return
+
+    def _read(self, due: list[_Schedule], outcomes: list[Outcome]) -> None:
+        """The read thread's outcomes, on the loop."""
+        self._hand_on(due, outcomes)
+
+    def _hand_on(self, due: list[_Schedule], outcomes: list[Outcome]) -> None:
+        """Count a tick's reads and hand on what they read, at once; plan the next tick."""
+        samples: list[Sample] = []
+        for schedule, (outcome, _) in zip(due, outcomes, strict=True):
+            samples += self._account(schedule.sensor, outcome)
+        if samples and not self._stopping:
+            self._emit(samples)
+        self._plan()
+
+    def _account(self, sensor: Sensor, outcome: list[Sample] | BaseException) -> list[Sample]:
+        stats = self.stats[sensor.name]
+        if isinstance(outcome, SensorReadError):
+            self._failed(sensor, stats, outcome.kind, str(outcome))
+            return []
+        if isinstance(outcome, BaseException):  # a driver bug must not take the agent down
+            self._failed(sensor, stats, "error", f"{type(outcome).__name__}: {outcome}")
+            return []
+        if stats.consecutive_failures >= LOUD_FAILURES[1]:
+            log.info("sensor %s reads again after %d failures", sensor.name,
+                     stats.consecutive_failures)
+        stats.good += 1
+        stats.consecutive_failures = 0
+        return self.admit(sensor, outcome)
 
     def _failed(self, sensor: Sensor, stats: SensorStats, kind: str, message: str) -> None:
         stats.failed += 1
@@ -120,14 +241,26 @@ class Sampler:
                     "" if n == 1 else f"; {n} failures in a row")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        # A read in progress finishes on its thread; then the devices are released.
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # A read under way finishes on its thread; then the devices are released.
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, STOP_WAIT)
+            if self._thread.is_alive():
+                log.warning("a sensor read did not end within %g s; stopping anyway", STOP_WAIT)
         for sensor in self.sensors:
             try:
                 sensor.close()
             except Exception as e:
                 log.warning("sensor %s: could not release it cleanly: %s", sensor.name, e)
+
+def _read(sensor: Sensor) -> Outcome:
+    """One read: its samples or what it raised, and when it ended (the loop's clock)."""
+    try:
+        outcome = sensor.read()
+    except Exception as e:
+        outcome = e
+    return outcome, time.monotonic()

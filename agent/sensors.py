@@ -42,6 +42,9 @@ def samples(config: SensorConfig, values: dict[str, float]) -> list[Sample]:
 class Sensor:
     # Seconds from the end of one read to the start of the next, at the least.
     min_spacing = 0.0
+    # Whether read() returns within microseconds, never blocking (then the sampler
+    # reads it on the event loop); else on a read thread.
+    reads_quickly = False
 
     def __init__(self, config: SensorConfig):
         self.config = config
@@ -110,6 +113,8 @@ def _dht_failure_kind(message: str) -> str:
 
 
 class CpuTemperatureSensor(Sensor):
+    reads_quickly = True  # one small sysfs file
+
     def __init__(self, config: SensorConfig, backend: Backend):
         super().__init__(config)
         self._backend = backend
@@ -148,6 +153,8 @@ class DigitalSensor(Sensor):
     here rather than by the pin factory's bounce_time: gpiozero's MockPin
     ignores that, and lgpio and RPi.GPIO each mean something else by it.
     """
+
+    reads_quickly = True  # the pin's level, already known to the pin factory
 
     def __init__(self, config: SensorConfig, backend: Backend):
         super().__init__(config)

@@ -3,10 +3,11 @@
 hello -> welcome (skip what the collector has) -> stream batches from the
 buffer with a window of unacknowledged batches -> each ack deletes from the
 buffer. When the link is idle a new reading goes out at once; with a backlog,
-batches fill up. Any failure: reconnect with capped exponential backoff and
-jitter. On stop: send what can be sent in the time left, wait for its acks,
-say bye. While connected, a `status` message (the agent's health) goes out
-right after welcome and every STATUS_EVERY seconds.
+batches fill up. Recent readings come from the buffer's RAM on the event loop;
+a backlog on the card is read on the buffer's thread. Any failure: reconnect
+with capped exponential backoff and jitter. On stop: send what can be sent in
+the time left, wait for its acks, say bye. While connected, a `status` message
+(the agent's health) goes out right after welcome and every STATUS_EVERY seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ BACKOFF_CAP = 30.0
 WELCOME_TIMEOUT = 10.0
 # Seconds between two status messages; well under the collector's default stale_after (60).
 STATUS_EVERY = 10.0
+# Periodic readings wait up to this long to share a frame; an edge goes at once and
+# takes them along. A frame and its ack cost the agent more CPU than its readings.
+LINGER = 2.0
+# A frame waits for the next tick it expects; this much later, it goes without it.
+LINGER_SLACK = 0.25
 _JITTER = random.Random()
 
 
@@ -49,7 +55,7 @@ class Uplink:
                  buffer: Buffer, on_buffer: Callable[..., Awaitable[Any]],
                  batch_size: int, window: int,
                  status: Callable[[], Awaitable[AgentStatus]] | None = None,
-                 status_every: float = STATUS_EVERY,
+                 status_every: float = STATUS_EVERY, linger: float = LINGER,
                  tls: ssl.SSLContext | None = None):
         self.agent_id = agent_id
         self.urls = urls
@@ -66,13 +72,42 @@ class Uplink:
         self.sent = 0
         self.acked_seq = 0
         self._wake = asyncio.Event()
+        self._linger = linger
+        self._urgent = True  # send what there is now; else a tick or a timer will say so
+        self._waiting_since: float | None = None  # the oldest unsent reading (loop clock)
+        self._last_tick: float | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._flush_deadline = 0.0
         self._welcomed = False  # the current session got as far as welcome
         self._task: asyncio.Task[None] | None = None
 
-    def notify(self) -> None:
-        """New readings are in the buffer."""
+    def notify(self, urgent: bool = True) -> None:
+        """New readings are in the buffer: to send at once if ``urgent`` (an edge),
+        else within LINGER seconds, with whatever comes meanwhile."""
+        if urgent or self._linger <= 0:
+            self._send_now()
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # The next tick, if they keep their pace: wait for it only if it comes in time, so
+        # that a frame goes with a tick rather than on a wake of its own.
+        expected = now + (now - self._last_tick) if self._last_tick is not None else now
+        self._last_tick = now
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if expected > self._waiting_since + self._linger:
+            self._send_now()
+            return
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._linger_timer = loop.call_at(expected + LINGER_SLACK, self._send_now)
+
+    def _send_now(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._urgent = True
         self._wake.set()
 
     def start(self) -> None:
@@ -84,7 +119,7 @@ class Uplink:
             return
         self._stopping = True
         self._flush_deadline = time.monotonic() + flush_seconds
-        self._wake.set()
+        self._send_now()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), flush_seconds + 1.0)
         except TimeoutError:
@@ -163,9 +198,11 @@ class Uplink:
             await self._on_buffer(self.buffer.reconcile, welcome.acked)
             self.acked_seq = welcome.acked
             self.connected = self._welcomed = True
+            self._urgent = True  # what waits goes at once
             log.info("connected to %s; it holds up to seq %d, %d to send", url, welcome.acked,
                      max(0, self.buffer.last_seq - welcome.acked))
             receiver = asyncio.create_task(self._receive(ws, session))
+            receiver.add_done_callback(lambda _: self._wake.set())
             reporter = asyncio.create_task(self._report(ws, session))
             try:
                 await self._send(ws, session, receiver)
@@ -185,11 +222,19 @@ class Uplink:
             if not session.window_open:
                 await self._wait(receiver)
                 continue
-            rows = await self._on_buffer(self.buffer.after, session.sent_upto, self.batch_size)
+            rows = self.buffer.recent(session.sent_upto, self.batch_size)
+            if rows is None:  # a backlog on the card
+                rows = await self._on_buffer(self.buffer.after, session.sent_upto,
+                                             self.batch_size)
             if not rows:
                 if self._stopping:
                     return
+                self._urgent = False  # caught up: the next readings may linger
+                self._waiting_since = None
                 await self._wait(receiver)
+                continue
+            if not self._urgent and len(rows) < self.batch_size:
+                await self._wait(receiver)  # for the linger timer, or an edge
                 continue
             await ws.send(session.readings(rows))
             self.sent += len(rows)
@@ -197,21 +242,27 @@ class Uplink:
         receiver.result()
 
     async def _wait(self, receiver: asyncio.Task[None]) -> None:
-        waiter = asyncio.ensure_future(self._wake.wait())
-        timeout = None
-        if self._stopping:
-            timeout = max(0.0, self._flush_deadline - time.monotonic())
-        await asyncio.wait({waiter, receiver}, timeout=timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        """Until notify(), an ack, the receiver's end (it sets _wake) or the flush deadline."""
+        if receiver.done():
+            return
+        if not self._stopping:
+            await self._wake.wait()
+            return
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, self._flush_deadline - time.monotonic()), self._wake.set)
+        await self._wake.wait()
+        timer.cancel()
 
     async def _receive(self, ws: ClientConnection, session: AgentSession) -> None:
         async for frame in ws:
+            window_was_full = not session.window_open
             event = session.receive(frame)
             if isinstance(event, Acked):
-                await self._on_buffer(self.buffer.acknowledged, event.seq)
+                self.buffer.acknowledged(event.seq)
                 self.acked_seq = session.acked
-                self._wake.set()
+                # The sender waits on an ack only for room in the window, or to say bye.
+                if window_was_full or self._stopping:
+                    self._wake.set()
             elif isinstance(event, Refused):
                 log.error("collector refused our data: %s: %s", event.error, event.detail)
         state = ws.protocol

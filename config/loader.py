@@ -525,11 +525,13 @@ def load_agent_config(path: str) -> AgentConfig:
     collector.finish()
 
     buffer_path, max_buffered = AgentConfig.buffer_path, AgentConfig.max_buffered
+    sync_interval = AgentConfig.sync_interval
     buffer = root.get("buffer")
     if buffer is not None:
         section = buffer.section()
         buffer_path = section.take("path", _Value.string, buffer_path)
         max_buffered = section.take("max_readings", lambda v: v.integer(1, None), max_buffered)
+        sync_interval = section.take("sync_interval", _Value.seconds, sync_interval)
         section.finish()
 
     backend = root.take("backend", lambda v: v.choice(BACKENDS), "auto")
@@ -552,6 +554,7 @@ def load_agent_config(path: str) -> AgentConfig:
         key=key,
         buffer_path=buffer_path,
         max_buffered=max_buffered,
+        sync_interval=sync_interval,
         backend=backend,
         pin_factory=pin_factory,
         sensors=tuple(sensors),

@@ -12,6 +12,9 @@ DEFAULT_PORT = 8765
 DEFAULT_COLLECTOR_STORAGE = "/var/lib/sensor-collector/readings.db"
 DEFAULT_AGENT_BUFFER = "/var/lib/sensor-agent/buffer.db"
 DEFAULT_MAX_BUFFERED = 1_000_000
+# Seconds: the most a power cut may lose of readings not yet acknowledged. Each
+# sync during an outage costs the SD card a page or more (docs/reliability.md).
+DEFAULT_SYNC_INTERVAL = 60.0
 DEFAULT_POLL_INTERVAL = 10.0
 DEFAULT_STALE_AFTER = 60.0
 
@@ -149,6 +152,7 @@ class AgentConfig:
     key: str | None = None
     buffer_path: str = DEFAULT_AGENT_BUFFER
     max_buffered: int = DEFAULT_MAX_BUFFERED
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
     backend: str = "auto"
     # gpiozero pin factory for digital inputs; None: $GPIOZERO_PIN_FACTORY, then gpiozero's choice.
     pin_factory: str | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -23,8 +22,12 @@ class StartupError(Exception):
 
 def run_service(name: str, start: Callable[[], Awaitable[None]],
                 stop: Callable[[], Awaitable[None]],
-                describe: Callable[[], str] | None = None) -> int:
+                describe: Callable[[], str] | None = None,
+                startup_errors: tuple[type[Exception], ...] = ()) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code.
+
+    A StartupError, an OSError or one of ``startup_errors`` raised by ``start``
+    is an operator's to fix: one line on stderr, exit 1.
 
     Under systemd (Type=notify) it reports READY=1 once started, pings the
     watchdog from the event loop, shows ``describe()`` as the unit's status
@@ -36,7 +39,7 @@ def run_service(name: str, start: Callable[[], Awaitable[None]],
         stopping = asyncio.Event()
         try:
             await start()
-        except (StartupError, OSError, sqlite3.Error) as e:
+        except (StartupError, OSError, *startup_errors) as e:
             print(f"{name}: cannot start: {_describe(e)}", file=sys.stderr)
             await stop()
             return 1

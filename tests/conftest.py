@@ -17,6 +17,15 @@ BOTH_BACKENDS = pytest.mark.parametrize("storage_backend", ["sqlite", "postgres"
 POSTGRES_ONLY = pytest.mark.parametrize("storage_backend", ["postgres"], indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def runtime_directory(tmp_path_factory, monkeypatch) -> Path:
+    """A stand-in for systemd's RuntimeDirectory, where agents keep their buffer's RAM
+    journal: one per test, so no journal outlives its test or meets another's."""
+    directory = tmp_path_factory.mktemp("run")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(directory))
+    return directory
+
+
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases()

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from sensor_edge.agent.buffer_files import BufferState, inspect
 
 HOST = "127.0.0.1"
 # Stand-ins for the hardware libraries (adafruit_dht, board) at their boundary.
@@ -260,17 +261,18 @@ class Agent(Process):
         super().__init__(workdir, config, name, ("--mock",) if mock else (),
                          None if mock else hardware_env(self.fake_dht_dir))
 
+    def buffer(self) -> BufferState:
+        """The agent's buffer as its files show it now (its RAM journal included)."""
+        return inspect(self.buffer_path)
+
     def epoch(self) -> str:
-        with sqlite3.connect(self.buffer_path, timeout=10) as db:
-            return db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+        return self.buffer().epoch
 
     def last_seq(self) -> int:
-        with sqlite3.connect(self.buffer_path, timeout=10) as db:
-            return int(db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0])
+        return self.buffer().last_seq
 
     def buffered(self) -> int:
-        with sqlite3.connect(self.buffer_path, timeout=10) as db:
-            return db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return self.buffer().depth
 
 
 # Fast mock sensors: about 25 readings a second, failures included.

@@ -96,8 +96,6 @@ def test_buffer_depth_is_what_waits_for_an_ack(make_collector, make_agent):
     assert agent.terminate() == 0
     waiting = agent.buffered()
     assert waiting == agent.last_seq()  # never acknowledged
-    with sqlite3.connect(agent.buffer_path) as db:
-        oldest_ts = db.execute("SELECT ts FROM readings ORDER BY seq LIMIT 1").fetchone()[0]
     agent.config["sensors"] = []
     agent.write_config()
     collector.start()
@@ -107,14 +105,18 @@ def test_buffer_depth_is_what_waits_for_an_ack(make_collector, make_agent):
     first = wait_until(lambda: collector.agent_entry("pi-1")["status"], 20,
                        what="pi-1's first status")
     assert first["buffer_depth"] == waiting
-    # (Its age and its time are taken a moment apart, on two threads.)
-    assert abs(first["buffer_oldest_age"] - (first["time"] - oldest_ts)) < 0.5
     assert first["sensors"] == {} and first["cpu_temperature"] is None
     assert first["dropped"] == 0
 
     later = wait_until(lambda: (s := collector.agent_entry("pi-1")["status"])["uptime"]
                        > first["uptime"] and s, STATUS_EVERY + 5, what="a second status")
     assert collector.stored_seqs("pi-1") == list(range(1, waiting + 1))
+    # The oldest waiting reading was seq 1: its age then was the first status's.
+    with sqlite3.connect(collector.storage) as db:
+        oldest_ts = db.execute("SELECT ts FROM readings WHERE agent = 'pi-1' AND seq = 1"
+                               ).fetchone()[0]
+    # (Its age and its time are taken a moment apart.)
+    assert abs(first["buffer_oldest_age"] - (first["time"] - oldest_ts)) < 0.5
     assert later["buffer_depth"] == 0 and later["buffer_oldest_age"] is None
     assert later["sent"] == waiting and later["dropped"] == 0
     assert agent.terminate() == 0

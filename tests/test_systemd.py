@@ -119,6 +119,9 @@ def test_agent_unit_grants_exactly_the_gpio_i2c_spi_devices_and_waits_for_the_cl
     # lgpio writes its notification pipes in the working directory.
     assert s["WorkingDirectory"] == [f"/run/{s['RuntimeDirectory'][0]}"]
     assert f"LG_WD=/run/{s['RuntimeDirectory'][0]}" in s["Environment"]
+    # The buffer's RAM journal lives there ($RUNTIME_DIRECTORY): a restart after a
+    # crash must find it.
+    assert s["RuntimeDirectoryPreserve"] == ["restart"]
     collector = unit_settings("sensor-collector")
     assert "SupplementaryGroups" not in collector and collector["PrivateDevices"] == ["yes"]
 

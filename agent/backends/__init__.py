@@ -96,16 +96,17 @@ class Backend(ABC):
         """The addresses that answer on I2C bus ``bus``; BusUnavailable if it cannot be used."""
 
     def digital_input(self, sensor: SensorConfig) -> Any:
-        """A gpiozero input device on this backend's pin factory: a Button, or for a PIR
-        a plain DigitalInputDevice (pulled down, as MotionSensor's default)."""
-        from gpiozero import Button, DigitalInputDevice
+        """A gpiozero DigitalInputDevice on this backend's pin factory: pulled up and
+        active low for a button (as gpiozero's Button), pulled down for a PIR (as its
+        MotionSensor)."""
+        from gpiozero import DigitalInputDevice
 
-        if sensor.type == "motion":
-            # Not MotionSensor: it polls the pin from a thread at 10 Hz to smooth it,
-            # a third of the agent's CPU; a PIR's output is already clean and held,
-            # and edges come from the pin factory either way.
-            return DigitalInputDevice(sensor.pin, pull_up=False, pin_factory=self.pin_factory)
-        return Button(sensor.pin, pin_factory=self.pin_factory)
+        # Neither Button nor MotionSensor: each runs a thread that wakes 10 times a
+        # second (Button's for when_held, MotionSensor's to smooth the pin), which
+        # cost more CPU than everything else the agent does. Edges come from the pin
+        # factory either way, and the agent debounces them itself.
+        return DigitalInputDevice(sensor.pin, pull_up=sensor.type == "button",
+                                  pin_factory=self.pin_factory)
 
     def start(self) -> None:
         """Begin any background activity (the mock's simulated world)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from sensor_edge.config import ConfigError, load_collector_config
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from sensor_edge.server.collector import Collector
 
     collector = Collector(config)
-    return run_service("sensor-collector", collector.start, collector.stop)
+    return run_service("sensor-collector", collector.start, collector.stop,
+                       startup_errors=(sqlite3.Error,))
 
 
 if __name__ == "__main__":

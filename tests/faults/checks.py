@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import random
 import signal
-import sqlite3
+import time
 
 from processes import Agent, Collector, wait_until
 
@@ -11,6 +13,13 @@ from processes import Agent, Collector, wait_until
 def say(message: str) -> None:
     """Each case prints what it did and what it checked (shown with `pytest -s`, or on failure)."""
     print(f"[faults] {message}", flush=True)
+
+
+def seeded() -> random.Random:
+    """Random moments, reproducible: FAULT_SEED=<the printed seed> replays a run."""
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2**32))
+    say(f"random seed {seed}")
+    return random.Random(seed)
 
 
 def drain(collector: Collector, *agents: Agent, timeout: float = 60) -> dict[str, int]:
@@ -70,10 +79,8 @@ def assert_exactly_once(collector: Collector, agent: Agent, last: int,
 
 
 def buffer_meta(agent: Agent, key: str) -> int:
-    with sqlite3.connect(f"file:{agent.buffer_path}?mode=ro", uri=True, timeout=10) as db:
-        return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+    return getattr(agent.buffer(), key)
 
 
 def oldest_buffered(agent: Agent) -> int | None:
-    with sqlite3.connect(f"file:{agent.buffer_path}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute("SELECT min(seq) FROM readings").fetchone()[0]
+    return agent.buffer().oldest

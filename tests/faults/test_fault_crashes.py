@@ -3,23 +3,14 @@ Stored seqs must come out exactly 1..N for every agent's epoch."""
 
 from __future__ import annotations
 
-import os
-import random
 import time
 
 import pytest
-from checks import assert_exactly_once, drain, say
+from checks import assert_exactly_once, drain, say, seeded
 from processes import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 ROUNDS = 10
-
-
-def seeded() -> random.Random:
-    """Random moments, reproducible: FAULT_SEED=<the printed seed> replays a run."""
-    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2**32))
-    say(f"random seed {seed}")
-    return random.Random(seed)
 
 
 def test_collector_killed_10_times_while_3_agents_stream(make_collector, make_agent):
