@@ -24,6 +24,7 @@ from sensor_edge.server.ingest.limits import FailedLogins
 from sensor_edge.server.outputs.live import LiveFeed
 from sensor_edge.server.outputs.metrics import CollectorMetrics
 from sensor_edge.server.outputs.mqtt import MQTTBridge
+from sensor_edge.server.storage.backfill import RollupBackfill
 from sensor_edge.server.storage.retention import Retention
 from sensor_edge.server.storage import Batch, Storage, open_storage, safe_url
 
@@ -40,6 +41,7 @@ class Collector:
         self.batcher: Batcher | None = None
         self.live: LiveFeed | None = None
         self.retention: Retention | None = None
+        self.backfill: RollupBackfill | None = None
         self.mqtt: MQTTBridge | None = None
         self.alerts = Alerts(config.alerts, config.stale_after, self.metrics.registry)
         self._server: Server | None = None
@@ -72,9 +74,13 @@ class Collector:
         await self.alerts.start(self.storage, self._writer, self.read, self.agents, self.mqtt)
         self.batcher = Batcher(self.storage, self._writer, on_commit=self._committed)
         self.batcher.start()
+        self.backfill = RollupBackfill(self.storage, self._writer)
+        self.backfill.start()
         if self.config.retention_days is not None:
             self.retention = Retention(self.storage, self._writer, self.config.retention_days,
-                                       on_deleted=self.metrics.readings_expired.inc)
+                                       on_deleted=self.metrics.readings_expired.inc,
+                                       rollup_days=self.config.rollup_retention_days,
+                                       backfilled=self.backfill.done)
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
         _raise_open_file_limit(self.config.limits.max_connections)
@@ -116,6 +122,8 @@ class Collector:
             await self.live.stop()
         if self.retention is not None:
             await self.retention.stop()
+        if self.backfill is not None:
+            await self.backfill.stop()
         if self.batcher is not None:
             await self.batcher.stop()
         if self.mqtt is not None:  # after the batcher: its last commits get published too

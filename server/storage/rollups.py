@@ -1,0 +1,224 @@
+"""Rollups: min, max, sum and count of each series per minute and per hour.
+
+A series is one (agent, sensor, metric); the `series` table numbers them, so a
+rollup row is a few numbers: (series, bucket, min, max, sum, count), bucket the
+start of its minute or hour in Unix seconds. The storage keeps them in the same
+transaction as the readings, from the rows that transaction really inserted,
+so a rollup always equals min/avg/max/count of the stored readings in its
+bucket, however late, out of order or often they arrived.
+
+This module holds what both storages share and does no I/O: the tiers, which
+bucket a reading falls in, the per-commit aggregation (the ingest hot path), and
+how `/api/series` picks a tier and a step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+MINUTE = 60
+HOUR = 3600
+# Tier name -> bucket width in seconds, finest first. "raw" is the readings themselves.
+TIERS = {"1m": MINUTE, "1h": HOUR}
+TABLES = {MINUTE: "rollup_1m", HOUR: "rollup_1h"}
+RAW = "raw"
+TIER_NAMES = (RAW, *TIERS)
+
+# Buckets are stored as 64-bit integers; a reading timestamped beyond about 125
+# million years (a finite float the protocol lets through) lands in the last
+# bucket instead of overflowing the column. A multiple of an hour, so the minute
+# and the hour clamp alike.
+BUCKET_LIMIT = HOUR * 2**40
+_MINUTES_LIMIT = float(BUCKET_LIMIT // MINUTE)
+
+# A rollup row read back: the series' names, the bucket start and its figures.
+ROLLUP_COLUMNS = ("agent", "sensor", "metric", "unit", "ts", "min", "avg", "max", "count")
+
+# /api/series: points per series by default, and the most a request may ask for.
+DEFAULT_POINTS = 1000
+MAX_POINTS = 10_000
+MIN_POINTS = 2
+
+
+def bucket_of(ts: float, width: int) -> int:
+    """The start of the `width`-second bucket holding `ts`, clamped to ±BUCKET_LIMIT.
+
+    Floor division of the float, exact for any timestamp short of the clamp: the
+    one definition the writers and the tests share."""
+    if ts >= BUCKET_LIMIT:
+        return BUCKET_LIMIT
+    if ts <= -BUCKET_LIMIT:
+        return -BUCKET_LIMIT
+    return int(ts // width) * width
+
+
+class CommitRollups:
+    """The rollups of one commit's new readings, gathered per (series, minute).
+
+    ``add`` runs once per new row in the commit: one dict lookup and a few
+    comparisons, the rollups' whole cost on the ingest path besides one upsert
+    per touched bucket. The hours are merged from the minutes.
+    """
+
+    __slots__ = ("minutes",)
+
+    def __init__(self) -> None:
+        # (agent, sensor, metric, minute number) -> [min, max, sum, count, unit]
+        self.minutes: dict[tuple, list] = {}
+
+    def add(self, agent: str, rows: Iterable[tuple]) -> None:
+        """Count new readings: (seq, sensor, metric, value, unit, ts) tuples of one agent."""
+        minutes = self.minutes
+        get = minutes.get
+        for _seq, sensor, metric, value, unit, ts in rows:
+            key = (agent, sensor, metric, ts // MINUTE)
+            entry = get(key)
+            if entry is None:
+                minutes[key] = [value, value, value, 1, unit]
+            else:
+                if value < entry[0]:
+                    entry[0] = value
+                elif value > entry[1]:
+                    entry[1] = value
+                entry[2] += value
+                entry[3] += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.minutes)
+
+    def units(self) -> dict[tuple[str, str, str], str]:
+        """Each touched series and a unit its new readings carry."""
+        return {key[:3]: entry[4] for key, entry in self.minutes.items()}
+
+    def tiers(self, ids: dict[tuple[str, str, str], int]) -> dict[int, list[tuple]]:
+        """Bucket width -> rows (series id, bucket, min, max, sum, count), sorted by
+        (series, bucket): every writer upserts in that one order, so two collectors
+        on one database lock the same rows in the same order."""
+        minute_rows: list[tuple] = []
+        append = minute_rows.append
+        hours: dict[tuple[int, float], list] = {}
+        hour_of = hours.get
+        limit = _MINUTES_LIMIT
+        for key, (low, high, total, count, _unit) in self.minutes.items():
+            series = ids[key[:3]]
+            number = key[3]  # minutes since the epoch, a whole float
+            if not -limit <= number <= limit:
+                number = limit if number > 0 else -limit
+            append((series, int(number) * MINUTE, low, high, total, count))
+            hour_key = (series, number // 60)
+            hour = hour_of(hour_key)
+            if hour is None:
+                hours[hour_key] = [low, high, total, count]
+            else:
+                if low < hour[0]:
+                    hour[0] = low
+                if high > hour[1]:
+                    hour[1] = high
+                hour[2] += total
+                hour[3] += count
+        minute_rows.sort()
+        hour_rows = sorted((series, int(number) * HOUR, *figures)
+                           for (series, number), figures in hours.items())
+        return {MINUTE: minute_rows, HOUR: hour_rows}
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    """`/api/series`: which series, which time range, and at most how many points each."""
+
+    agent: str | None = None
+    sensor: str | None = None
+    metric: str | None = None
+    since: float = 0.0
+    until: float = 0.0
+    points: int = DEFAULT_POINTS
+    # The oldest raw readings still kept (now - retention_days); None: all kept.
+    raw_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a series query reads from (``width`` 0: raw readings) and its step."""
+
+    width: int
+    step: int
+
+    @property
+    def table(self) -> str:
+        return TABLES[self.width] if self.width else "readings"
+
+
+def _buckets(since: float, until: float, step: int) -> int:
+    return math.floor(until / step) - math.floor(since / step) + 1
+
+
+def _step(since: float, until: float, points: int, width: int) -> int:
+    """The smallest multiple of ``width`` (at most one width off) whose step-aligned
+    buckets over [since, until] number at most ``points``."""
+    span = until - since
+    step = max(1, math.ceil(span / points / width)) * width
+    if _buckets(since, until, step) <= points:
+        return step
+    # span / step < points - 1 leaves room for the two partial buckets at the ends.
+    return max(1, math.ceil(span / (points - 1) / width)) * width
+
+
+def plan(query: SeriesQuery) -> Plan:
+    """The finest source whose width fits the step the range and points need.
+
+    Steps are aligned to the Unix epoch, so a 1-hour step holds whole rollup
+    buckets; raw readings serve only steps under a minute, and only while the
+    range is one retention has not started deleting.
+    """
+    since, until = query.since, query.until
+    step = _step(since, until, query.points, 1)
+    if step < MINUTE and (query.raw_since is None or since >= query.raw_since):
+        return Plan(0, step)
+    step = _step(since, until, query.points, MINUTE)
+    if step < HOUR:
+        return Plan(MINUTE, step)
+    return Plan(HOUR, _step(since, until, query.points, HOUR))
+
+
+def group_points(rows: Iterable[tuple]) -> list[dict]:
+    """Rows (agent, sensor, metric, unit, ts, min, avg, max, count), sorted by series
+    then ts, as the `series` list of `/api/series`."""
+    series: list[dict] = []
+    current: tuple | None = None
+    points: list[list] = []
+    for agent, sensor, metric, unit, ts, low, mean, high, count in rows:
+        if (agent, sensor, metric) != current:
+            current = (agent, sensor, metric)
+            points = []
+            series.append({"agent": agent, "sensor": sensor, "metric": metric, "unit": unit,
+                           "points": points})
+        points.append([ts, low, mean, high, count])
+    return series
+
+
+def merge_by_time(per_series: Iterable[Iterator[tuple]]) -> Iterator[tuple]:
+    """Rollup rows (ROLLUP_COLUMNS order) of several series, each oldest first, as one
+    stream sorted by (ts, agent, sensor, metric): the order an export writes."""
+    return heapq.merge(*per_series, key=lambda r: (r[4], r[0], r[1], r[2]))
+
+
+def newest(per_series: Iterable[list[tuple]], limit: int) -> list[tuple]:
+    """The newest ``limit`` rollup rows of several series (each list oldest first,
+    already cut to ``limit``), oldest first."""
+    rows = list(merge_by_time(iter(rows) for rows in per_series))
+    return rows[-limit:] if limit else []
+
+
+def page_series(fetch: Callable[[int | None], list[tuple]], chunk: int) -> Iterator[tuple]:
+    """Every row of one series, a page of ``chunk`` at a time: ``fetch(after)`` gives
+    the rows whose bucket is past ``after`` (None: from the first)."""
+    after: int | None = None
+    while True:
+        rows = fetch(after)
+        yield from rows
+        if len(rows) < chunk:
+            return
+        after = rows[-1][4]
