@@ -49,11 +49,12 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
-def csv_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
-    """A header line, then one CSV line per row (columns in READING_COLUMNS order)."""
+def csv_lines(rows: Iterable[Sequence[Any]],
+              columns: Sequence[str] = READING_COLUMNS) -> Iterable[str]:
+    """A header line, then one CSV line per row (values in `columns` order)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(READING_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
         writer.writerow(row)
         # Hand lines on in small runs: the writer is fast, the buffer must stay small.
@@ -69,9 +70,9 @@ def jsonl_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
         yield json.dumps(dict(zip(READING_COLUMNS, row)), separators=(",", ":")) + "\n"
 
 
-def readings_csv(rows: list[dict[str, Any]]) -> str:
-    """`/api/readings` rows (dicts) as a CSV document."""
-    return "".join(csv_lines([[r[c] for c in READING_COLUMNS] for r in rows]))
+def readings_csv(rows: list[dict[str, Any]], columns: Sequence[str] = READING_COLUMNS) -> str:
+    """`/api/readings` rows (dicts), or rollup rows with their columns, as a CSV document."""
+    return "".join(csv_lines([[r[c] for c in columns] for r in rows], columns))
 
 
 class Progress:

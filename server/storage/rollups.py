@@ -167,20 +167,24 @@ def _step(since: float, until: float, points: int, width: int) -> int:
 
 
 def plan(query: SeriesQuery) -> Plan:
-    """The finest source whose width fits the step the range and points need.
+    """The source and step for a series query.
 
-    Steps are aligned to the Unix epoch, so a 1-hour step holds whole rollup
-    buckets; raw readings serve only steps under a minute, and only while the
-    range is one retention has not started deleting.
+    Steps are aligned to the Unix epoch, so a step of whole minutes or hours holds
+    whole rollup buckets. Raw readings serve steps under a minute (and only where
+    retention has not started deleting them); the 1-hour rollups serve steps of an
+    hour or more, and any step they can make nearly as fine (within a quarter) as
+    the 1-minute rollups, reading a sixtieth of the rows; the 1-minute rollups the
+    rest.
     """
     since, until = query.since, query.until
     step = _step(since, until, query.points, 1)
     if step < MINUTE and (query.raw_since is None or since >= query.raw_since):
         return Plan(0, step)
-    step = _step(since, until, query.points, MINUTE)
-    if step < HOUR:
-        return Plan(MINUTE, step)
-    return Plan(HOUR, _step(since, until, query.points, HOUR))
+    minutes = _step(since, until, query.points, MINUTE)
+    hours = _step(since, until, query.points, HOUR)
+    if minutes >= HOUR or hours <= minutes * 5 / 4:
+        return Plan(HOUR, hours)
+    return Plan(MINUTE, minutes)
 
 
 def group_points(rows: Iterable[tuple]) -> list[dict]:

@@ -25,6 +25,10 @@ from sensor_edge.server.commands.export import readings_csv
 from sensor_edge.server.outputs.live import LIVE_PATH, same_origin
 from sensor_edge.contract.protocol import STREAM_PATH
 from sensor_edge.server.storage import ReadingQuery
+from sensor_edge.server.storage.retention import DAY
+from sensor_edge.server.storage.rollups import (
+    BUCKET_LIMIT, DEFAULT_POINTS, MAX_POINTS, MIN_POINTS, RAW, ROLLUP_COLUMNS, TIER_NAMES,
+    SeriesQuery)
 
 if TYPE_CHECKING:
     from sensor_edge.server.collector import Collector
@@ -157,10 +161,19 @@ async def route(collector: Collector, connection: ServerConnection,
             query = reading_query(parse_qs(url.query, keep_blank_values=False))
             rows = await collector.read(collector.storage.readings, query)
             return respond_json(200, {"readings": rows})
+        if path == "/api/series":
+            query = series_query(parse_qs(url.query, keep_blank_values=False), collector)
+            return respond_json(200, await collector.read(collector.storage.series, query))
         if path == "/api/readings.csv":
-            query = reading_query(parse_qs(url.query, keep_blank_values=False))
-            rows = await collector.read(collector.storage.readings, query)
-            response = respond(200, readings_csv(rows), "text/csv; charset=utf-8")
+            params = parse_qs(url.query, keep_blank_values=False)
+            query, tier = reading_query(params), csv_tier(params)
+            if tier == RAW:
+                rows = await collector.read(collector.storage.readings, query)
+                body = readings_csv(rows)
+            else:
+                rows = await collector.read(collector.storage.rollup_rows, query, tier)
+                body = readings_csv(rows, ROLLUP_COLUMNS)
+            response = respond(200, body, "text/csv; charset=utf-8")
             response.headers["Content-Disposition"] = 'attachment; filename="readings.csv"'
             return response
         asset = dashboard.asset(path)
@@ -197,3 +210,32 @@ def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
         limit = int(limit_raw)
     return ReadingQuery(agent=one("agent"), sensor=one("sensor"), metric=one("metric"),
                         since=seconds("since"), until=seconds("until"), limit=limit)
+
+
+def csv_tier(params: dict[str, list[str]]) -> str:
+    """`/api/readings.csv?tier=`: raw readings (the default) or a rollup tier."""
+    tier = params.get("tier", [RAW])[-1]
+    if tier not in TIER_NAMES:
+        raise BadRequest(f"tier must be one of {', '.join(TIER_NAMES)}")
+    return tier
+
+
+def series_query(params: dict[str, list[str]], collector: Collector) -> SeriesQuery:
+    """The `/api/series` parameters, checked: those of `/api/readings` but `limit`, and
+    `points`. `until` defaults to now, `since` to a day before `until`."""
+    base = reading_query({k: v for k, v in params.items() if k != "limit"})
+    now = time.time()
+    until = min(base.until if base.until is not None else now, BUCKET_LIMIT)
+    since = max(base.since if base.since is not None else until - DAY, -BUCKET_LIMIT)
+    if since > until:
+        raise BadRequest("since must not be after until")
+    points = DEFAULT_POINTS
+    raw = params.get("points", [None])[-1]
+    if raw is not None:
+        if not raw.isdigit() or not MIN_POINTS <= int(raw) <= MAX_POINTS:
+            raise BadRequest(f"points must be a whole number from {MIN_POINTS} to {MAX_POINTS}")
+        points = int(raw)
+    days = collector.config.retention_days
+    return SeriesQuery(agent=base.agent, sensor=base.sensor, metric=base.metric, since=since,
+                       until=until, points=points,
+                       raw_since=None if days is None else now - days * DAY)
