@@ -16,7 +16,10 @@ from datetime import datetime, timezone
 import pytest
 from processes import wait_until
 
+from rollup_checks import as_before_rollups
+
 from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery
+from sensor_edge.server.storage.rollups import ROLLUP_COLUMNS, bucket_of
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 
 T0 = 1_700_000_000.0
@@ -96,6 +99,40 @@ def test_export_command_writes_csv_and_jsonl(stored, tmp_path):
     want = [dict(zip(READING_COLUMNS, r)) for r in rows
             if r[0] == "pi-2" and T0 + 50 <= r[7] <= T0 + 60]
     assert got == want and len(got) == 44
+
+
+def test_export_command_writes_a_tier_of_rollups(stored, tmp_path):
+    config, db, rows = stored
+    buckets: dict[tuple, list[float]] = {}
+    for agent, _epoch, _seq, sensor, metric, value, unit, ts in rows:
+        buckets.setdefault((bucket_of(ts, 60), agent, sensor, metric, unit), []).append(value)
+    want = [(agent, sensor, metric, unit, start, min(v), sum(v) / len(v), max(v), len(v))
+            for (start, agent, sensor, metric, unit), v in sorted(buckets.items())]
+    assert len(want) == 6  # pi-1's two epochs are one series; 75 s over two minutes
+
+    done = export(config, "--tier", "1m", "--out", str(tmp_path / "minutes.csv"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    with open(tmp_path / "minutes.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == list(ROLLUP_COLUMNS)
+    got = [(a, s, m, u, int(t), float(lo), float(avg), float(hi), int(n))
+           for a, s, m, u, t, lo, avg, hi, n in table[1:]]
+    assert [g[:6] + g[7:] for g in got] == [w[:6] + w[7:] for w in want]
+    assert [g[6] for g in got] == pytest.approx([w[6] for w in want])
+
+    done = export(config, "--tier", "1h", "--format", "jsonl", "--agent", "pi-2")
+    hours = [json.loads(line) for line in done.stdout.splitlines()]
+    assert hours == [{"agent": "pi-2", "sensor": "climate", "metric": "temperature",
+                      "unit": "C", "ts": bucket_of(T0, 3600), "min": 0.1,
+                      "avg": pytest.approx(15.05), "max": 30.0, "count": 300}]
+    assert export(config, "--tier", "5m").returncode == 2
+
+    # A database from before rollups, opened by export before the collector has
+    # rolled it up: the export says it is incomplete.
+    as_before_rollups(db)
+    done = export(config, "--tier", "1h")
+    assert done.returncode == 0 and done.stdout.splitlines() == [",".join(ROLLUP_COLUMNS)]
+    assert "still rolling up readings stored before rollups existed" in done.stderr
 
 
 def test_export_mistakes_are_one_line_errors(stored, tmp_path):

@@ -2,7 +2,8 @@
 
 Rows come from :meth:`Storage.iter_readings` page by page and are written as
 they come, so exporting a year of readings takes as little memory as a day.
-The CSV shape is the same as `GET /api/readings.csv`.
+The CSV shape is the same as `GET /api/readings.csv`. With ``--tier 1m|1h`` the
+rows are the 1-minute or 1-hour rollups instead (:meth:`Storage.iter_rollups`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
+from sensor_edge.server.storage.rollups import RAW, ROLLUP_COLUMNS, TIER_NAMES
 
 FORMATS = ("csv", "jsonl")
 # How often the progress line is redrawn.
@@ -65,9 +67,10 @@ def csv_lines(rows: Iterable[Sequence[Any]],
     yield buffer.getvalue()
 
 
-def jsonl_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
+def jsonl_lines(rows: Iterable[Sequence[Any]],
+                columns: Sequence[str] = READING_COLUMNS) -> Iterable[str]:
     for row in rows:
-        yield json.dumps(dict(zip(READING_COLUMNS, row)), separators=(",", ":")) + "\n"
+        yield json.dumps(dict(zip(columns, row)), separators=(",", ":")) + "\n"
 
 
 def readings_csv(rows: list[dict[str, Any]], columns: Sequence[str] = READING_COLUMNS) -> str:
@@ -111,10 +114,13 @@ class Progress:
 
 
 def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
-           progress: IO[str] | None = None) -> int:
-    """Write every matching reading to ``out``; return how many were written."""
+           progress: IO[str] | None = None, tier: str = RAW) -> int:
+    """Write every matching reading (or a tier's rollups) to ``out``; return how many
+    rows were written."""
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if tier not in TIER_NAMES:
+        raise ExportError(f"tier must be one of {', '.join(TIER_NAMES)}, not {tier!r}")
     if "://" not in storage_url and not os.path.exists(storage_url):
         raise ExportError(f"no readings database at {storage_url}")
     try:
@@ -125,19 +131,26 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
     if progress is not None:
         bar = Progress(progress, query.since,
                        query.until if query.until is not None else time.time())
+    if tier != RAW and not storage.rollups_backfilled():
+        print("sensor-collector export: the collector is still rolling up readings stored "
+              "before rollups existed; this export lacks some of them", file=sys.stderr)
     written = 0
+    columns = READING_COLUMNS if tier == RAW else ROLLUP_COLUMNS
+    at = columns.index("ts")
 
     def counted(rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
         nonlocal written
         for row in rows:
             written += 1
             if bar is not None:
-                bar.row(written, row[7])
+                bar.row(written, row[at])
             yield row
 
     try:
-        rows = counted(storage.iter_readings(query))
-        for text in csv_lines(rows) if fmt == "csv" else jsonl_lines(rows):
+        rows = counted(storage.iter_readings(query) if tier == RAW
+                       else storage.iter_rollups(query, tier))
+        lines = csv_lines if fmt == "csv" else jsonl_lines
+        for text in lines(rows, columns):
             out.write(text)
         out.flush()
     finally:
@@ -158,13 +171,13 @@ def main(args: Any, config_storage: str) -> int:
         )
         progress = sys.stderr if sys.stderr.isatty() else None
         if args.out in (None, "-"):
-            export(config_storage, query, args.format, sys.stdout, progress)
+            export(config_storage, query, args.format, sys.stdout, progress, args.tier)
         else:
             # Written aside and renamed when complete: a half export never looks whole.
             partial = args.out + ".part"
             try:
                 with open(partial, "w", encoding="utf-8", newline="") as out:
-                    export(config_storage, query, args.format, out, progress)
+                    export(config_storage, query, args.format, out, progress, args.tier)
                 os.replace(partial, args.out)
             except OSError as e:
                 raise ExportError(f"cannot write {args.out}: {e.strerror or e}") from None

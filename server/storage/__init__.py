@@ -80,6 +80,9 @@ class Storage(Protocol):
         """Roll up the next ``limit`` readings stored before the rollups existed, in
         one short transaction (server/storage/rollup_tables.py); (how many, done)."""
 
+    def rollups_backfilled(self) -> bool:
+        """Whether every reading stored before the rollups existed is rolled up."""
+
     def delete_rollups_older_than(self, width: int, cutoff: float, limit: int) -> int:
         """Delete up to ``limit`` ``width``-second buckets that ended by ``cutoff``."""
 

@@ -369,6 +369,10 @@ class PostgresStorage:
             self._series_ids.committed()
         return done
 
+    def rollups_backfilled(self) -> bool:
+        with self._pool.connection() as db:
+            return rollup_tables.backfill_state(db, POSTGRES).done
+
     def delete_rollups_older_than(self, width: int, cutoff: float, limit: int) -> int:
         with self._pool.connection() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM series ORDER BY id")]

@@ -203,6 +203,9 @@ class SQLiteStorage:
         with self._writing() as db:
             return rollup_tables.backfill_step(db, SQLITE, self._series_ids, limit)
 
+    def rollups_backfilled(self) -> bool:
+        return rollup_tables.backfill_state(self._connection(), SQLITE).done
+
     def delete_rollups_older_than(self, width: int, cutoff: float, limit: int) -> int:
         with self._writing() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM series ORDER BY id")]
