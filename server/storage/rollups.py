@@ -97,32 +97,47 @@ class CommitRollups:
         """Bucket width -> rows (series id, bucket, min, max, sum, count), sorted by
         (series, bucket): every writer upserts in that one order, so two collectors
         on one database lock the same rows in the same order."""
-        minute_rows: list[tuple] = []
-        append = minute_rows.append
-        hours: dict[tuple[int, float], list] = {}
-        hour_of = hours.get
-        limit = _MINUTES_LIMIT
-        for key, (low, high, total, count, _unit) in self.minutes.items():
-            series = ids[key[:3]]
-            number = key[3]  # minutes since the epoch, a whole float
-            if not -limit <= number <= limit:
-                number = limit if number > 0 else -limit
-            append((series, int(number) * MINUTE, low, high, total, count))
-            hour_key = (series, number // 60)
-            hour = hour_of(hour_key)
-            if hour is None:
-                hours[hour_key] = [low, high, total, count]
+        numbers = [key[3] for key in self.minutes]  # minutes since the epoch, whole floats
+        if numbers and (min(numbers) < -_MINUTES_LIMIT or max(numbers) > _MINUTES_LIMIT):
+            self._clamp()
+        minutes = self.minutes
+        rows = sorted([(ids[key[:3]], int(key[3]), entry[0], entry[1], entry[2], entry[3])
+                       for key, entry in minutes.items()])
+        # The hours, from the minutes: in this order an hour's minutes are next to each other.
+        hour_rows: list[list] = []
+        last = None
+        for series, number, low, high, total, count in rows:
+            hour = (series, number // 60)
+            if hour != last:
+                last = hour
+                hour_rows.append([series, hour[1] * HOUR, low, high, total, count])
             else:
-                if low < hour[0]:
-                    hour[0] = low
-                if high > hour[1]:
-                    hour[1] = high
-                hour[2] += total
-                hour[3] += count
-        minute_rows.sort()
-        hour_rows = sorted((series, int(number) * HOUR, *figures)
-                           for (series, number), figures in hours.items())
-        return {MINUTE: minute_rows, HOUR: hour_rows}
+                figures = hour_rows[-1]
+                if low < figures[2]:
+                    figures[2] = low
+                if high > figures[3]:
+                    figures[3] = high
+                figures[4] += total
+                figures[5] += count
+        minute_rows = [(series, number * MINUTE, low, high, total, count)
+                       for series, number, low, high, total, count in rows]
+        return {MINUTE: minute_rows, HOUR: [tuple(row) for row in hour_rows]}
+
+    def _clamp(self) -> None:
+        """Merge the buckets of timestamps past BUCKET_LIMIT into the last bucket."""
+        clamped: dict[tuple, list] = {}
+        for (agent, sensor, metric, number), entry in self.minutes.items():
+            number = max(-_MINUTES_LIMIT, min(_MINUTES_LIMIT, number))
+            key = (agent, sensor, metric, number)
+            merged = clamped.get(key)
+            if merged is None:
+                clamped[key] = list(entry)
+            else:
+                merged[0] = min(merged[0], entry[0])
+                merged[1] = max(merged[1], entry[1])
+                merged[2] += entry[2]
+                merged[3] += entry[3]
+        self.minutes = clamped
 
 
 @dataclass(frozen=True)
