@@ -29,9 +29,10 @@ def test_the_finest_source_that_fits_the_range_and_points():
 
     assert chosen(HOUR) == Plan(0, 4)                       # raw readings, 4 s apart
     assert chosen(DAY_SECONDS) == Plan(MINUTE, 120)         # 1-minute rollups
-    assert chosen(30 * DAY_SECONDS) == Plan(MINUTE, 2640)
+    # 1-hour rollups an hour apart rather than 1-minute ones 44 minutes apart.
+    assert chosen(30 * DAY_SECONDS) == Plan(HOUR, 3600)
+    assert chosen(15 * DAY_SECONDS) == Plan(MINUTE, 1320)
     assert chosen(YEAR) == Plan(HOUR, 32400)                # 1-hour rollups, 9 h apart
-    # 1-hour rollups 1 h apart are nearly as fine as 1-minute ones 53 min apart.
     assert chosen(YEAR, points=MAX_POINTS) == Plan(HOUR, 3600)
     assert chosen(7 * DAY_SECONDS, points=MAX_POINTS) == Plan(MINUTE, 120)
     assert chosen(HOUR, points=100) == Plan(0, 37)  # 36 s would make 101 (two part steps)

@@ -187,9 +187,9 @@ def plan(query: SeriesQuery) -> Plan:
     Steps are aligned to the Unix epoch, so a step of whole minutes or hours holds
     whole rollup buckets. Raw readings serve steps under a minute (and only where
     retention has not started deleting them); the 1-hour rollups serve steps of an
-    hour or more, and any step they can make nearly as fine (within a quarter) as
-    the 1-minute rollups, reading a sixtieth of the rows; the 1-minute rollups the
-    rest.
+    hour or more, and any step they can make nearly as fine (at most half again as
+    long) as the 1-minute rollups, reading a sixtieth of the rows; the 1-minute
+    rollups the rest.
     """
     since, until = query.since, query.until
     step = _step(since, until, query.points, 1)
@@ -197,7 +197,7 @@ def plan(query: SeriesQuery) -> Plan:
         return Plan(0, step)
     minutes = _step(since, until, query.points, MINUTE)
     hours = _step(since, until, query.points, HOUR)
-    if minutes >= HOUR or hours <= minutes * 5 / 4:
+    if minutes >= HOUR or hours <= minutes * 3 / 2:
         return Plan(HOUR, hours)
     return Plan(MINUTE, minutes)
 
