@@ -93,7 +93,7 @@ class CommitRollups:
         """Each touched series and a unit its new readings carry."""
         return {key[:3]: entry[4] for key, entry in self.minutes.items()}
 
-    def tiers(self, ids: dict[tuple[str, str, str], int]) -> dict[int, list[tuple]]:
+    def tiers(self, ids: dict[tuple[str, str, str], int]) -> dict[int, list]:
         """Bucket width -> rows (series id, bucket, min, max, sum, count), sorted by
         (series, bucket): every writer upserts in that one order, so two collectors
         on one database lock the same rows in the same order."""
@@ -101,13 +101,13 @@ class CommitRollups:
         if numbers and (min(numbers) < -_MINUTES_LIMIT or max(numbers) > _MINUTES_LIMIT):
             self._clamp()
         minutes = self.minutes
-        rows = sorted([(ids[key[:3]], int(key[3]), entry[0], entry[1], entry[2], entry[3])
-                       for key, entry in minutes.items()])
+        minute_rows = sorted([(ids[key[:3]], int(key[3]) * MINUTE, e[0], e[1], e[2], e[3])
+                              for key, e in minutes.items()])
         # The hours, from the minutes: in this order an hour's minutes are next to each other.
         hour_rows: list[list] = []
         last = None
-        for series, number, low, high, total, count in rows:
-            hour = (series, number // 60)
+        for series, bucket, low, high, total, count in minute_rows:
+            hour = (series, bucket // HOUR)
             if hour != last:
                 last = hour
                 hour_rows.append([series, hour[1] * HOUR, low, high, total, count])
@@ -119,9 +119,7 @@ class CommitRollups:
                     figures[3] = high
                 figures[4] += total
                 figures[5] += count
-        minute_rows = [(series, number * MINUTE, low, high, total, count)
-                       for series, number, low, high, total, count in rows]
-        return {MINUTE: minute_rows, HOUR: [tuple(row) for row in hour_rows]}
+        return {MINUTE: minute_rows, HOUR: hour_rows}
 
     def _clamp(self) -> None:
         """Merge the buckets of timestamps past BUCKET_LIMIT into the last bucket."""
