@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -126,6 +127,42 @@ def test_a_timestamp_far_past_any_bucket_is_clamped_not_a_failed_commit(storage_
         assert_rollups_match(from_readings(storage), rollups_held(storage))
     finally:
         storage.close()
+
+
+@BOTH_BACKENDS
+def test_two_writers_filling_the_same_new_buckets_at_once_count_both(storage_url):
+    """Two collectors store readings of one series (two epochs of an agent) for the same
+    new minutes at the same moment: one commit waits for the other (PostgreSQL: the
+    agent's row), then adds to the buckets the other made."""
+    writers = [open_storage(storage_url) for _ in range(2)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2, timeout=30)
+
+    def write(w: int) -> None:
+        try:
+            for round_ in range(30):
+                ts0 = NOW + round_ * 600
+                rows = [(round_ * 100 + i + 1, "s", "m", float(w * 1000 + i), "u", ts0 + i * 7)
+                        for i in range(100)]
+                start.wait()
+                writers[w].store([Batch("a", f"epoch-{w}", rows)], NOW)
+        except BaseException as e:  # reported below; a thread can't fail the test itself
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert not errors, errors
+        held = rollups_held(writers[0])
+        assert_rollups_match(from_readings(writers[1]), held)
+        assert sum(count for *_, count in held["1h"].values()) == 2 * 30 * 100
+    finally:
+        for w in writers:
+            w.close()
 
 
 def run_sweep(storage, now: float, days: float, rollup_days: float) -> None:

@@ -113,24 +113,69 @@ class SeriesIds:
 
 
 def upsert(db: Any, d: Dialect, ids: SeriesIds, rollups: CommitRollups) -> None:
-    """Add one commit's rollups to the tables: one upsert per touched bucket."""
+    """Add one commit's rollups to the tables: one row written per touched bucket."""
     if not rollups:
         return
     for width, rows in rollups.tiers(ids.resolve(db, rollups.units())).items():
-        table = TABLES[width]
         if d.arrays:
-            series, buckets, *figures, counts = zip(*rows)
-            # An array is of one type: a value stored as an int (not from the wire) as a float.
-            db.execute(_upsert_sql(d, table), [list(series), list(buckets),
-                                               *([float(v) for v in f] for f in figures),
-                                               list(counts)])
-            continue
-        whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
-        if whole:
-            db.executemany(_upsert_sql(d, table, ROWS_PER_STATEMENT), [
-                list(itertools.chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
-                for i in range(0, whole, ROWS_PER_STATEMENT)])
-        db.executemany(_upsert_sql(d, table), rows[whole:])
+            _upsert_postgres(db, d, TABLES[width], rows)
+        else:
+            _upsert_sqlite(db, d, TABLES[width], rows)
+
+
+def _upsert_sqlite(db: Any, d: Dialect, table: str, rows: list) -> None:
+    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+    if whole:
+        db.executemany(_upsert_sql(d, table, ROWS_PER_STATEMENT), [
+            list(itertools.chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
+            for i in range(0, whole, ROWS_PER_STATEMENT)])
+    db.executemany(_upsert_sql(d, table), rows[whole:])
+
+
+# Per series, the buckets of a range that are stored already.
+_STORED_BUCKETS = """
+SELECT r.series, r.bucket FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS q(series, lo, hi)
+JOIN {table} r ON r.series = q.series AND r.bucket BETWEEN q.lo AND q.hi"""
+_COPY_ROLLUPS = "COPY {table} (series, bucket, min, max, sum, count) FROM STDIN (FORMAT BINARY)"
+_COPY_ROLLUP_TYPES = ("int4", "int8", "float8", "float8", "float8", "int8")
+
+
+def _upsert_postgres(db: Any, d: Dialect, table: str, rows: list) -> None:
+    """PostgreSQL: buckets already stored get the upsert; the new ones (in time-ordered
+    ingest, all but the first of each series) a COPY, a third of an upsert's cost.
+
+    No other writer adds a bucket of these series meanwhile: a commit has updated its
+    agents' rows in `agents` before it gets here, and a backfill step holds the
+    cursor row, so writers of one series take turns. Were one to, its COPY would
+    fail (a savepoint) and the new buckets take the upsert too."""
+    from psycopg.errors import UniqueViolation
+
+    ranges: dict[int, list[int]] = {}
+    for series, bucket, *_ in rows:  # sorted: the first and last bucket of each series
+        ranges.setdefault(series, [bucket, bucket])[1] = bucket
+    stored = set(db.execute(_STORED_BUCKETS.format(table=table), [
+        list(ranges), [r[0] for r in ranges.values()], [r[1] for r in ranges.values()]]))
+    old = [row for row in rows if (row[0], row[1]) in stored] if stored else []
+    new = [row for row in rows if (row[0], row[1]) not in stored] if stored else rows
+    if old:
+        _upsert_arrays(db, d, table, old)
+    if not new:
+        return
+    try:
+        with db.transaction(), db.cursor() as cur, \
+                cur.copy(_COPY_ROLLUPS.format(table=table)) as copy:
+            copy.set_types(_COPY_ROLLUP_TYPES)
+            for row in new:
+                copy.write_row(row)
+    except UniqueViolation:
+        _upsert_arrays(db, d, table, new)
+
+
+def _upsert_arrays(db: Any, d: Dialect, table: str, rows: list) -> None:
+    series, buckets, *figures, counts = zip(*rows)
+    # An array is of one type: a value stored as an int (not from the wire) as a float.
+    db.execute(_upsert_sql(d, table), [list(series), list(buckets),
+                                       *([float(v) for v in f] for f in figures), list(counts)])
 
 
 # ---- the backfill -----------------------------------------------------------
