@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sensor_edge.server.storage.rollups import (
-    BUCKET_LIMIT, TABLES, CommitRollups, Plan, SeriesQuery, merge_by_time, newest, page_series)
+    BUCKET_LIMIT, HOUR, MINUTE, TABLES, CommitRollups, Plan, SeriesQuery, merge_by_time, newest,
+    page_series)
 
 SeriesKey = tuple[str, str, str]  # (agent, sensor, metric)
 
@@ -116,66 +117,74 @@ def upsert(db: Any, d: Dialect, ids: SeriesIds, rollups: CommitRollups) -> None:
     """Add one commit's rollups to the tables: one row written per touched bucket."""
     if not rollups:
         return
-    for width, rows in rollups.tiers(ids.resolve(db, rollups.units())).items():
-        if d.arrays:
-            _upsert_postgres(db, d, TABLES[width], rows)
-        else:
-            _upsert_sqlite(db, d, TABLES[width], rows)
+    tiers = rollups.tiers(ids.resolve(db, rollups.units()))
+    if d.arrays:
+        _write_postgres(db, d, tiers)
+        return
+    for width, rows in tiers.items():
+        table = TABLES[width]
+        whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+        if whole:
+            db.executemany(_upsert_sql(d, table, ROWS_PER_STATEMENT), [
+                list(itertools.chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
+                for i in range(0, whole, ROWS_PER_STATEMENT)])
+        db.executemany(_upsert_sql(d, table), rows[whole:])
 
 
-def _upsert_sqlite(db: Any, d: Dialect, table: str, rows: list) -> None:
-    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
-    if whole:
-        db.executemany(_upsert_sql(d, table, ROWS_PER_STATEMENT), [
-            list(itertools.chain.from_iterable(rows[i:i + ROWS_PER_STATEMENT]))
-            for i in range(0, whole, ROWS_PER_STATEMENT)])
-    db.executemany(_upsert_sql(d, table), rows[whole:])
-
-
-# Per series, the buckets of a range that are stored already.
-_STORED_BUCKETS = """
-SELECT r.series, r.bucket FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS q(series, lo, hi)
-JOIN {table} r ON r.series = q.series AND r.bucket BETWEEN q.lo AND q.hi"""
+# Per tier and series, the buckets of a range that are stored already.
+_STORED_BUCKETS = " UNION ALL ".join(
+    f"SELECT {width}, r.series, r.bucket "
+    "FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS q(series, lo, hi) "
+    f"JOIN {table} r ON r.series = q.series AND r.bucket BETWEEN q.lo AND q.hi"
+    for width, table in TABLES.items())
 _COPY_ROLLUPS = "COPY {table} (series, bucket, min, max, sum, count) FROM STDIN (FORMAT BINARY)"
 _COPY_ROLLUP_TYPES = ("int4", "int8", "float8", "float8", "float8", "int8")
 
 
-def _upsert_postgres(db: Any, d: Dialect, table: str, rows: list) -> None:
-    """PostgreSQL: buckets already stored get the upsert; the new ones (in time-ordered
+def _write_postgres(db: Any, d: Dialect, tiers: dict[int, list]) -> None:
+    """PostgreSQL: buckets already stored get an upsert; the new ones (in time-ordered
     ingest, all but the first of each series) a COPY, a third of an upsert's cost.
+    Four round trips a commit at most: which buckets are stored, one upsert of both
+    tiers' stored ones, a COPY a tier.
 
     No other writer adds a bucket of these series meanwhile: a commit has updated its
     agents' rows in `agents` before it gets here, and a backfill step holds the
-    cursor row, so writers of one series take turns. Were one to, its COPY would
-    fail (a savepoint) and the new buckets take the upsert too."""
-    from psycopg.errors import UniqueViolation
+    cursor row, so writers of one series take turns. (Were one to, the COPY would
+    fail the commit, and the agents' resend would find the bucket stored.)"""
+    ranges = []
+    for rows in tiers.values():
+        first_last: dict[int, list[int]] = {}
+        for series, bucket, *_ in rows:  # sorted: the first and last bucket of each series
+            first_last.setdefault(series, [bucket, bucket])[1] = bucket
+        ranges += [list(first_last), [b[0] for b in first_last.values()],
+                   [b[1] for b in first_last.values()]]
+    stored = set(db.execute(_STORED_BUCKETS, ranges))
+    old: dict[int, list] = {}
+    for width, rows in tiers.items():
+        old[width] = [r for r in rows if (width, r[0], r[1]) in stored] if stored else []
+        if old[width]:
+            tiers[width] = [r for r in rows if (width, r[0], r[1]) not in stored]
+    if any(old.values()):
+        minutes, hours = (_upsert_sql(d, TABLES[w]) for w in TABLES)
+        db.execute(f"WITH minutes AS ({minutes}) {hours}",
+                   [*_columns(old[MINUTE]), *_columns(old[HOUR])])
+    with db.cursor() as cur:
+        for width, rows in tiers.items():
+            if rows:
+                with cur.copy(_COPY_ROLLUPS.format(table=TABLES[width])) as copy:
+                    copy.set_types(_COPY_ROLLUP_TYPES)
+                    for row in rows:
+                        copy.write_row(row)
 
-    ranges: dict[int, list[int]] = {}
-    for series, bucket, *_ in rows:  # sorted: the first and last bucket of each series
-        ranges.setdefault(series, [bucket, bucket])[1] = bucket
-    stored = set(db.execute(_STORED_BUCKETS.format(table=table), [
-        list(ranges), [r[0] for r in ranges.values()], [r[1] for r in ranges.values()]]))
-    old = [row for row in rows if (row[0], row[1]) in stored] if stored else []
-    new = [row for row in rows if (row[0], row[1]) not in stored] if stored else rows
-    if old:
-        _upsert_arrays(db, d, table, old)
-    if not new:
-        return
-    try:
-        with db.transaction(), db.cursor() as cur, \
-                cur.copy(_COPY_ROLLUPS.format(table=table)) as copy:
-            copy.set_types(_COPY_ROLLUP_TYPES)
-            for row in new:
-                copy.write_row(row)
-    except UniqueViolation:
-        _upsert_arrays(db, d, table, new)
 
-
-def _upsert_arrays(db: Any, d: Dialect, table: str, rows: list) -> None:
+def _columns(rows: list) -> list[list]:
+    """Rows as the six arrays an unnest() upsert takes."""
+    if not rows:
+        return [[] for _ in range(6)]
     series, buckets, *figures, counts = zip(*rows)
     # An array is of one type: a value stored as an int (not from the wire) as a float.
-    db.execute(_upsert_sql(d, table), [list(series), list(buckets),
-                                       *([float(v) for v in f] for f in figures), list(counts)])
+    return [list(series), list(buckets), *([float(v) for v in f] for f in figures),
+            list(counts)]
 
 
 # ---- the backfill -----------------------------------------------------------
