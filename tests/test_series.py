@@ -184,12 +184,15 @@ def test_series_api_over_http(storage_url, make_collector):
         ("?points=0", "points must be a whole number from 2 to 10000"),
         ("?points=1", "points must be"), ("?points=10001", "points must be"),
         ("?points=-5", "points must be"), ("?points=ten", "points must be"),
+        ("?points=%C2%B2", "points must be"),  # a superscript 2: a digit, not a number
         ("?since=yesterday", "since must be Unix seconds"), ("?until=nan", "until must be finite"),
         (f"?since={NOW}&until={NOW - 1}", "since must not be after until"),
     ]:
         status, body = get(bad)
         assert status == 400 and body["error"] == "bad_request", (bad, body)
         assert words in body["detail"], (bad, body)
+    status, body, _ = collector.get("/api/readings?limit=%C2%B2", auth)
+    assert status == 400 and b"limit must be a whole number" in body
     # Far times are clamped, not an overflow.
     status, far = get("?since=-1e300&until=1e300&points=2")
     assert status == 200 and len(far["series"]) == 5

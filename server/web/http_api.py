@@ -205,7 +205,9 @@ def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
     limit_raw = one("limit")
     limit = DEFAULT_LIMIT
     if limit_raw is not None:
-        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+        # isascii: str.isdigit() takes "²", which int() refuses.
+        if not (limit_raw.isascii() and limit_raw.isdigit()) \
+                or not 1 <= int(limit_raw) <= MAX_LIMIT:
             raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}")
         limit = int(limit_raw)
     return ReadingQuery(agent=one("agent"), sensor=one("sensor"), metric=one("metric"),
@@ -232,7 +234,7 @@ def series_query(params: dict[str, list[str]], collector: Collector) -> SeriesQu
     points = DEFAULT_POINTS
     raw = params.get("points", [None])[-1]
     if raw is not None:
-        if not raw.isdigit() or not MIN_POINTS <= int(raw) <= MAX_POINTS:
+        if not (raw.isascii() and raw.isdigit()) or not MIN_POINTS <= int(raw) <= MAX_POINTS:
             raise BadRequest(f"points must be a whole number from {MIN_POINTS} to {MAX_POINTS}")
         points = int(raw)
     days = collector.config.retention_days
