@@ -40,6 +40,16 @@ class Dialect:
     modulo: str  # `%`, doubled where the driver's placeholders use it
     arrays: bool  # whole columns bind as arrays (PostgreSQL's unnest)
 
+    def query(self, db: Any, sql: str, args: Any) -> Any:
+        """Run a query whose best plan depends on how big the tables are now.
+
+        psycopg prepares a statement run five times on a connection, and PostgreSQL
+        may then keep a generic plan made while a table was small: a rollup table
+        scanned whole at every commit once it has grown. Planned each time instead."""
+        if self.arrays:
+            return db.execute(sql, args, prepare=False)
+        return db.execute(sql, args)
+
     def floor_bucket(self, column: str, step: int) -> str:
         """SQL for the start of the `step`-second bucket a float column falls in."""
         if self.mark == "%s":
@@ -158,7 +168,7 @@ def _write_postgres(db: Any, d: Dialect, tiers: dict[int, list]) -> None:
             first_last.setdefault(series, [bucket, bucket])[1] = bucket
         ranges += [list(first_last), [b[0] for b in first_last.values()],
                    [b[1] for b in first_last.values()]]
-    stored = set(db.execute(_STORED_BUCKETS, ranges))
+    stored = set(d.query(db, _STORED_BUCKETS, ranges))
     old: dict[int, list] = {}
     for width, rows in tiers.items():
         old[width] = [r for r in rows if (width, r[0], r[1]) in stored] if stored else []
@@ -280,7 +290,7 @@ def series_points(db: Any, d: Dialect, query: SeriesQuery, plan: Plan) -> list[t
                f"avg(value), max(value), count(*) FROM readings "
                f"WHERE {' AND '.join([*where, f'ts >= {m}', f'ts <= {m}'])} "
                "GROUP BY agent, sensor, metric, t ORDER BY agent, sensor, metric, t")
-        return db.execute(sql, (*args, start, until)).fetchall()
+        return d.query(db, sql, (*args, start, until)).fetchall()
     where, args = _name_filters(query, d, "s.")
     mod = d.modulo
     bucket = f"(r.bucket - ((r.bucket {mod} {step}) + {step}) {mod} {step})"
@@ -290,7 +300,7 @@ def series_points(db: Any, d: Dialect, query: SeriesQuery, plan: Plan) -> list[t
            f"WHERE {' AND '.join([*where, f'r.bucket >= {m}', f'r.bucket <= {m}'])} "
            "GROUP BY s.agent, s.sensor, s.metric, s.unit, t "
            "ORDER BY s.agent, s.sensor, s.metric, t")
-    return db.execute(sql, (*args, int(start), int(until // 1))).fetchall()
+    return d.query(db, sql, (*args, int(start), int(until // 1))).fetchall()
 
 
 def matching_series(db: Any, d: Dialect, query: Any) -> list[tuple]:
@@ -319,8 +329,8 @@ def rollup_page(db: Any, d: Dialect, table: str, series: tuple, since: float | N
     if after is not None:
         where.append(f"bucket > {m}")
         args.append(after)
-    rows = db.execute(
-        f"SELECT bucket, min, sum / count, max, count FROM {table} "
+    rows = d.query(
+        db, f"SELECT bucket, min, sum / count, max, count FROM {table} "
         f"WHERE {' AND '.join(where)} ORDER BY bucket {'DESC' if newest else ''} LIMIT {m}",
         (*args, limit)).fetchall()
     if newest:
