@@ -17,11 +17,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sensor_edge.server.storage import Storage
+from sensor_edge.server.storage.rollup_tables import BACKFILL_STEP
 
 log = logging.getLogger("sensor_edge.collector.rollups")
 
-# Readings per step: a transaction of tens of milliseconds.
-STEP = 5000
 # Breathing room between two steps, for the ingest commits queued meanwhile.
 STEP_PAUSE = 0.01
 PROGRESS_EVERY = 10.0
@@ -29,7 +28,7 @@ RETRY_AFTER = 30.0
 
 
 class RollupBackfill:
-    def __init__(self, storage: Storage, writer: ThreadPoolExecutor, step: int = STEP):
+    def __init__(self, storage: Storage, writer: ThreadPoolExecutor, step: int = BACKFILL_STEP):
         self._storage = storage
         self._writer = writer
         self._step = step

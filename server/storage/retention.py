@@ -44,7 +44,8 @@ def _when(ts: float) -> str:
 class Retention:
     def __init__(self, storage: Storage, writer: ThreadPoolExecutor, days: float,
                  on_deleted: Callable[[int], None] | None = None,
-                 sweep_every: float = SWEEP_EVERY, rollup_days: float = DEFAULT_ROLLUP_RETENTION_DAYS,
+                 sweep_every: float = SWEEP_EVERY,
+                 rollup_days: float = DEFAULT_ROLLUP_RETENTION_DAYS,
                  backfilled: asyncio.Event | None = None):
         self._storage = storage
         self._writer = writer

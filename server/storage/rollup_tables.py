@@ -62,9 +62,9 @@ class Dialect:
 SQLITE = Dialect("?", "min", "max", "", "", "%", False)
 POSTGRES = Dialect("%s", "LEAST", "GREATEST", " FOR SHARE", " FOR UPDATE", "%%", True)
 
-# How many readings one backfill step rolls up: a transaction of some tens of
+# How many readings one backfill step rolls up: a transaction of about ten
 # milliseconds, so an ingest commit queued behind it waits that long at most.
-BACKFILL_STEP = 20_000
+BACKFILL_STEP = 5000
 
 
 # SQLite: rows per INSERT. One statement of many rows costs half as much per row as
@@ -105,7 +105,8 @@ class SeriesIds:
             if known is not None and known[1] == unit:
                 ids[key] = known[0]
                 continue
-            db.execute(f"INSERT INTO series (agent, sensor, metric, unit) VALUES ({m}, {m}, {m}, {m}) "
+            db.execute("INSERT INTO series (agent, sensor, metric, unit) "
+                       f"VALUES ({m}, {m}, {m}, {m}) "
                        "ON CONFLICT (agent, sensor, metric) DO UPDATE SET unit = excluded.unit",
                        (*key, unit))
             (ident,) = db.execute(
