@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from sensor_edge.config.model import AgentConfig
 from sensor_edge.runtime.tls import client_context
 from sensor_edge.contract import __version__
+from sensor_edge.contract.status import AgentStatus
 from sensor_edge.agent.backends import Backend, choose_backend
 from sensor_edge.agent.buffer import Buffer, machine_identity
 from sensor_edge.agent.sampler import Sampler
@@ -56,7 +57,9 @@ def clock_synced() -> bool | None:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, backend: str | None = None):
+    def __init__(self, config: AgentConfig, backend: str | Backend | None = None):
+        """``backend``: a backend's name (--mock gives "mock"; None: the config's), or one
+        already made (tests hand in a hardware backend on fake buses)."""
         self.config = config
         self.backend_name = backend or config.backend
         self.backend: Backend | None = None
@@ -88,7 +91,8 @@ class Agent:
                                            self.config.max_buffered, machine_identity())
         log.info("agent %s, epoch %s, %d readings waiting in %s", self.config.agent_id,
                  self.buffer.epoch, self.buffer.depth, self.config.buffer_path)
-        self.backend = choose_backend(self.backend_name, self.config.pin_factory)
+        self.backend = self.backend_name if isinstance(self.backend_name, Backend) else \
+            choose_backend(self.backend_name, self.config.pin_factory)
         sensors = open_sensors(self.config.sensors, self.backend)
         self.backend.start()
         self.sampler = Sampler(sensors, self._collect)
@@ -103,29 +107,24 @@ class Agent:
         log.info("reading %d sensors: %s", len(sensors),
                  ", ".join(f"{s.name} ({s.type})" for s in self.config.sensors) or "none")
 
-    async def status(self) -> dict[str, Any]:
-        """The fields of a `status` message: how this agent is doing."""
+    async def status(self) -> AgentStatus:
+        """A `status` message: how this agent is doing."""
         buffer = self.buffer
         depth, oldest = await self.on_buffer(lambda: (buffer.depth, buffer.oldest_age()))
-        sensors = {}
-        for name, stats in self.sampler.stats.items():
-            fields = stats.as_json()
-            if fields["last_error"] is not None:
-                fields["last_error"] = fields["last_error"][:MAX_ERROR_TEXT]
-            sensors[name] = fields
-        return {
-            "time": time.time(),
-            "uptime": round(time.monotonic() - self.started, 1),
-            "version": __version__,
-            "backend": self.backend.name,
-            "buffer_depth": depth,
-            "buffer_oldest_age": None if oldest is None else round(oldest, 1),
-            "dropped": buffer.dropped,
-            "sent": self.uplink.sent if self.uplink is not None else 0,
-            "sensors": sensors,
-            "cpu_temperature": self._cpu_temperature,
-            "clock_synced": clock_synced(),
-        }
+        return AgentStatus(
+            time=time.time(),
+            uptime=round(time.monotonic() - self.started, 1),
+            version=__version__,
+            backend=self.backend.name,
+            buffer_depth=depth,
+            buffer_oldest_age=None if oldest is None else round(oldest, 1),
+            dropped=buffer.dropped,
+            sent=self.uplink.sent if self.uplink is not None else 0,
+            sensors={name: stats.health(MAX_ERROR_TEXT)
+                     for name, stats in self.sampler.stats.items()},
+            cpu_temperature=self._cpu_temperature,
+            clock_synced=clock_synced(),
+        )
 
     def _collect(self, samples: list[Sample]) -> None:
         if self._cpu_sensors:

@@ -5,7 +5,8 @@ gpiozero's threads and reach the event loop through call_soon_threadsafe.
 A DHT is never read sooner than its spacing (its floor, and the library's
 cache window) after the previous read ended, failed or not; a failing sensor
 is retried at that spacing, counted by kind and logged, and never stops the
-agent.
+agent. Each sensor's filters (filters.py) run here, before anything is
+handed on to be buffered.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sensor_edge.agent.filters import SensorFilters
+from sensor_edge.contract.status import SensorHealth
 from sensor_edge.agent.sensors import DigitalSensor, Sample, Sensor, SensorReadError
 
 log = logging.getLogger("sensor_edge.agent.sampler")
@@ -24,6 +27,9 @@ log = logging.getLogger("sensor_edge.agent.sampler")
 DEFAULT_RETRY = 1.0
 # Log a sensor that keeps failing at these consecutive-failure counts, then every 1000th.
 LOUD_FAILURES = (1, 10, 100)
+# Reads at once: a DS18B20 holds a thread for its 750 ms conversion, and the
+# others should not queue behind it.
+MAX_READ_THREADS = 4
 
 
 @dataclass
@@ -33,18 +39,27 @@ class SensorStats:
     failures: dict[str, int] = field(default_factory=dict)
     consecutive_failures: int = 0
     last_error: str | None = None
+    filters: SensorFilters | None = None  # counts what they held back
 
-    def as_json(self) -> dict:
-        return {"good": self.good, "failed": self.failed, "failures": dict(self.failures),
-                "consecutive_failures": self.consecutive_failures, "last_error": self.last_error}
+    def health(self, max_error_text: int) -> SensorHealth:
+        """For the agent's status; the last error cut to ``max_error_text`` characters."""
+        error = self.last_error
+        return SensorHealth(
+            good=self.good, failed=self.failed, failures=dict(self.failures),
+            consecutive_failures=self.consecutive_failures,
+            last_error=None if error is None else error[:max_error_text],
+            held_back=self.filters.held_back if self.filters is not None else 0)
 
 
 class Sampler:
     def __init__(self, sensors: list[Sensor], emit: Callable[[list[Sample]], None]):
         self.sensors = sensors
-        self.stats = {s.name: SensorStats() for s in sensors}
+        self.filters = {s.name: SensorFilters(s.config) for s in sensors}
+        self.stats = {s.name: SensorStats(filters=self.filters[s.name]) for s in sensors}
         self._emit = emit
-        self._executor = ThreadPoolExecutor(2, thread_name_prefix="sensor-read")
+        polled = sum(1 for s in sensors if s.config.interval is not None)
+        self._executor = ThreadPoolExecutor(max(2, min(polled, MAX_READ_THREADS)),
+                                            thread_name_prefix="sensor-read")
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -58,7 +73,12 @@ class Sampler:
 
     def _edge(self, sensor: Sensor, sample: Sample) -> None:
         self.stats[sensor.name].good += 1
-        self._emit([sample])
+        self._hand_on(sensor, [sample])
+
+    def _hand_on(self, sensor: Sensor, samples: list[Sample]) -> None:
+        kept = self.filters[sensor.name](samples)
+        if kept:
+            self._emit(kept)
 
     async def _poll(self, sensor: Sensor) -> None:
         loop = asyncio.get_running_loop()
@@ -84,7 +104,7 @@ class Sampler:
                          stats.consecutive_failures)
             stats.good += 1
             stats.consecutive_failures = 0
-            self._emit(samples)
+            self._hand_on(sensor, samples)
             # Keep the cadence, but never fall behind by more than one interval.
             next_read = max(next_read + interval, loop.time() + spacing, loop.time() - interval)
 

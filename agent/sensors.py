@@ -2,7 +2,8 @@
 
 A polled sensor (`read()`, blocking, run off the event loop) returns samples or
 raises :class:`SensorReadError`. A digital sensor calls back on every edge,
-from gpiozero's own threads.
+from gpiozero's own threads. What each type measures, in which units and
+within which bounds comes from config/sensor_types.py.
 """
 
 from __future__ import annotations
@@ -11,26 +12,31 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from sensor_edge.config.model import READ_FLOORS, SensorConfig
-from sensor_edge.agent.backends import DHT_CACHE_SECONDS, Backend
+from sensor_edge.config.model import SensorConfig
+from sensor_edge.config.sensor_types import METRICS, SENSOR_TYPES
+from sensor_edge.agent.backends import DHT_CACHE_SECONDS, Backend, SensorReadError
+
+__all__ = ["Sample", "Sensor", "SensorReadError", "open_sensor", "open_sensors"]
 
 # (sensor, metric, value, unit, ts)
 Sample = tuple[str, str, float, str, float]
 
-# What a DHT can physically report; anything else is a corrupted read.
-PLAUSIBLE = {
-    "dht22": {"temperature": (-40.0, 80.0), "humidity": (0.0, 100.0)},
-    "dht11": {"temperature": (0.0, 50.0), "humidity": (20.0, 90.0)},
-}
-DIGITAL_METRIC = {"motion": "motion", "button": "pressed"}
 
+def samples(config: SensorConfig, values: dict[str, float]) -> list[Sample]:
+    """One read's values as samples, each metric with its unit, in the type's order.
 
-class SensorReadError(Exception):
-    """One failed read; ``kind`` groups failures for counting (timeout, checksum, ...)."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
+    A value outside what the part can physically report is a corrupted read
+    (a DHT's bad bits, a DS18B20's -127): the whole read is refused.
+    """
+    sensor_type = SENSOR_TYPES[config.type]
+    for metric, value in values.items():
+        low, high = sensor_type.plausible.get(metric, (float("-inf"), float("inf")))
+        if not low <= value <= high:
+            raise SensorReadError("implausible",
+                                  f"{metric} {value} is outside {low:g}..{high:g}")
+    ts = time.time()
+    return [(config.name, m.name, float(values[m.name]), m.unit, ts)
+            for m in sensor_type.metrics]
 
 
 class Sensor:
@@ -53,7 +59,7 @@ class DHTSensor(Sensor):
         super().__init__(config)
         # Sooner than the library's cache window, a read would repeat an old
         # measurement (or None) as if it were new: the DHT11's 1 s floor included.
-        self.min_spacing = max(READ_FLOORS[config.type], DHT_CACHE_SECONDS)
+        self.min_spacing = max(SENSOR_TYPES[config.type].read_floor, DHT_CACHE_SECONDS)
         self._last_read_end: float | None = None
         self.device = backend.dht(config)
 
@@ -80,17 +86,7 @@ class DHTSensor(Sensor):
         if temperature is None or humidity is None:
             # A read retried too soon after a failure gives None: never report it as new.
             raise SensorReadError("no_data", "the sensor returned no value")
-        ts = time.time()
-        bounds = PLAUSIBLE[self.config.type]
-        for metric, value in (("temperature", temperature), ("humidity", humidity)):
-            low, high = bounds[metric]
-            if not low <= value <= high:
-                raise SensorReadError("implausible",
-                                      f"{metric} {value} is outside {low:g}..{high:g}")
-        return [
-            (self.name, "temperature", float(temperature), "C", ts),
-            (self.name, "humidity", float(humidity), "%", ts),
-        ]
+        return samples(self.config, {"temperature": temperature, "humidity": humidity})
 
     def close(self) -> None:
         # Frees the pin, so the next start of the agent can take it again.
@@ -123,7 +119,23 @@ class CpuTemperatureSensor(Sensor):
             value = self._backend.cpu_temperature()
         except (OSError, ValueError) as e:
             raise SensorReadError("io", f"cannot read the CPU temperature: {e}") from None
-        return [(self.name, "temperature", value, "C", time.time())]
+        return samples(self.config, {"temperature": value})
+
+
+class BusSensor(Sensor):
+    """A part on the 1-Wire, I2C or SPI bus: a DS18B20, BME280, SHT3x, SHT4x, ADC channel."""
+
+    def __init__(self, config: SensorConfig, backend: Backend):
+        super().__init__(config)
+        # The part's floor (a DS18B20's 750 ms conversion); none for the others.
+        self.min_spacing = SENSOR_TYPES[config.type].read_floor or 0.0
+        self.part = backend.part(config)
+
+    def read(self) -> list[Sample]:
+        return samples(self.config, self.part.read())
+
+    def close(self) -> None:
+        self.part.close()
 
 
 class DigitalSensor(Sensor):
@@ -139,7 +151,7 @@ class DigitalSensor(Sensor):
 
     def __init__(self, config: SensorConfig, backend: Backend):
         super().__init__(config)
-        self.metric = DIGITAL_METRIC[config.type]
+        self.metric = SENSOR_TYPES[config.type].metrics[0].name
         self.debounce = config.debounce or 0.0
         self.device = backend.digital_input(config)
         self._lock = threading.Lock()
@@ -174,6 +186,8 @@ class DigitalSensor(Sensor):
 
     def _settled(self) -> None:
         with self._lock:
+            if threading.current_thread() is not self._settle:
+                return  # armed in a window that has ended, and ran late
             self._settle = None
             if self._closed:
                 return
@@ -184,6 +198,9 @@ class DigitalSensor(Sensor):
     def _report(self, value: float, now: float) -> None:
         # Under the lock: edges reach the callback in the order they happened.
         self._reported, self._reported_at = value, now
+        if self._settle is not None:  # a new window: the last one's timer has no say in it
+            self._settle.cancel()
+            self._settle = None
         if self._callback is not None:
             self._callback(self._sample(value))
 
@@ -191,7 +208,7 @@ class DigitalSensor(Sensor):
         return [self._sample(self._state())]
 
     def _sample(self, value: float) -> Sample:
-        return (self.name, self.metric, value, "", time.time())
+        return (self.name, self.metric, value, METRICS[self.metric].unit, time.time())
 
     def close(self) -> None:
         with self._lock:
@@ -204,12 +221,14 @@ class DigitalSensor(Sensor):
         self.device.close()
 
 
+SENSOR_CLASSES: dict[str, type[Sensor]] = {
+    "gpio": DHTSensor, "sysfs": CpuTemperatureSensor, "digital": DigitalSensor,
+    "1-wire": BusSensor, "i2c": BusSensor, "spi": BusSensor,
+}
+
+
 def open_sensor(config: SensorConfig, backend: Backend) -> Sensor:
-    if config.type in ("dht11", "dht22"):
-        return DHTSensor(config, backend)
-    if config.type == "cpu_temperature":
-        return CpuTemperatureSensor(config, backend)
-    return DigitalSensor(config, backend)
+    return SENSOR_CLASSES[SENSOR_TYPES[config.type].interface](config, backend)
 
 
 def open_sensors(configs: Iterable[SensorConfig], backend: Backend) -> list[Sensor]:

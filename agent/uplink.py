@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from sensor_edge.agent.buffer import Buffer
 from sensor_edge.contract import protocol
 from sensor_edge.contract.protocol import ProtocolError
+from sensor_edge.contract.status import AgentStatus
 from sensor_edge.contract.session import Acked, AgentSession, Refused, Welcomed
 
 log = logging.getLogger("sensor_edge.agent.uplink")
@@ -47,7 +48,7 @@ class Uplink:
     def __init__(self, *, agent_id: str, urls: tuple[str, ...], token: str, version: str,
                  buffer: Buffer, on_buffer: Callable[..., Awaitable[Any]],
                  batch_size: int, window: int,
-                 status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 status: Callable[[], Awaitable[AgentStatus]] | None = None,
                  status_every: float = STATUS_EVERY,
                  tls: ssl.SSLContext | None = None):
         self.agent_id = agent_id
@@ -222,10 +223,10 @@ class Uplink:
             return
         while not self._stopping:
             try:
-                fields = await self._status()
+                status = await self._status()
                 if self._stopping:
                     return  # bye may be on its way: nothing may follow it
-                await ws.send(session.status(fields))
+                await ws.send(session.status(status))
             except ConnectionClosed:
                 return  # the receiver notices and the session ends
             except Exception as e:  # a status must never take the link down

@@ -8,23 +8,39 @@ runnable alone:
 
     python bench/loadgen.py --url ws://127.0.0.1:8765/v1/stream --tokens tokens.yaml \
         --agents 50 --batch 50 --seconds 10
+
+A fleet too large for one process's event loop (or file limit) is spread over
+several processes that agree on one measured window (run_load_in_processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
+import multiprocessing
 import random
+import resource
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 from websockets.asyncio.client import connect
 
 # Opening handshakes in progress at once: more would overflow the listen backlog.
 CONNECTING_AT_ONCE = 100
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`; nan when there are none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 @dataclass
@@ -37,6 +53,7 @@ class Result:
     connected: int = 0
     connect_seconds: float = 0.0
     window: tuple[float, float] = (0.0, math.inf)  # loop clock
+    cpu_seconds: float = 0.0  # the load generator's own, inside the window
 
     @property
     def seconds(self) -> float:
@@ -47,10 +64,7 @@ class Result:
         return self.measured / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies, p)
 
     def summary(self) -> str:
         return (f"{self.measured:,} readings acked in {self.seconds:.1f} s = {self.rate:,.0f}/s; "
@@ -148,11 +162,17 @@ async def simulated_agent(url: str, agent: str, token: str, epoch: str, batch: i
 
 async def run_load(url: str, tokens: dict[str, str], epoch: str, batch: int, window: int,
                    seconds: float, rate: float | None = None, warmup: float = 2.0,
-                   during=None) -> tuple[Result, dict[str, int]]:
+                   at_start: Callable[[], None] | None = None,
+                   at_end: Callable[[], None] | None = None,
+                   start_when: Callable[[Result], Awaitable[float]] | None = None,
+                   ) -> tuple[Result, dict[str, int]]:
     """Every agent connects; then all send for `warmup` + `seconds`, the latter measured.
 
-    ``during``: an optional coroutine function run once all are connected and
-    the window is over (while connections are still open), e.g. to read RSS.
+    ``at_start`` / ``at_end``: called when the measured window opens and closes
+    (connections still open), e.g. to read a process's CPU time and RSS.
+    ``start_when``: given the result once every agent has connected, returns the
+    wall-clock time the measured window opens (how several processes agree on
+    one window); by default `warmup` seconds from then.
     Returns the result and each agent's last acked seq.
     """
     loop = asyncio.get_running_loop()
@@ -169,13 +189,25 @@ async def run_load(url: str, tokens: dict[str, str], epoch: str, batch: int, win
     while sum(t.done() for t in tasks) + result.connected < len(tasks) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     result.connect_seconds = loop.time() - began
-    start = loop.time() + warmup
+    # What the connections hold lives to the end: out of the collector's sight, so a full
+    # collection does not walk it (with 2,500 connections a process, pauses of seconds).
+    gc.freeze()
+    if start_when is not None:
+        wall = await start_when(result)
+        start = loop.time() + (wall - time.time())
+    else:
+        start = loop.time() + warmup
     result.window = (start, start + seconds)
     until[0] = start + seconds
     go.set()
+    await asyncio.sleep(max(0.0, start - loop.time()))
+    cpu = time.process_time()
+    if at_start is not None:
+        at_start()
     await asyncio.sleep(max(0.0, until[0] - loop.time()))
-    if during is not None:
-        await during()
+    result.cpu_seconds = time.process_time() - cpu
+    if at_end is not None:
+        at_end()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     last: dict[str, int] = {}
     for (agent, _), outcome in zip(tokens.items(), outcomes):
@@ -184,6 +216,80 @@ async def run_load(url: str, tokens: dict[str, str], epoch: str, batch: int, win
         else:
             last[agent] = outcome
     return result, last
+
+
+def raise_open_file_limit() -> None:
+    """A descriptor per connection: lift this process's soft limit to the hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _load_process(conn: Connection, url: str, tokens: dict[str, str], epoch: str, batch: int,
+                  window: int, seconds: float, rate: float | None) -> None:
+    """One of run_load_in_processes' children: its share of the agents."""
+    raise_open_file_limit()
+
+    async def start_when(result: Result) -> float:
+        conn.send(("connected", result.connected, result.connect_seconds))
+        return await asyncio.to_thread(conn.recv)
+
+    result, last = asyncio.run(run_load(url, tokens, epoch, batch, window, seconds, rate,
+                                        start_when=start_when))
+    result.latencies.sort()
+    conn.send(("done", result, last))
+
+
+def run_load_in_processes(processes: int, url: str, tokens: dict[str, str], epoch: str,
+                          batch: int, window: int, seconds: float, rate: float | None = None,
+                          warmup: float = 2.0, at_start: Callable[[], None] | None = None,
+                          at_end: Callable[[], None] | None = None,
+                          ) -> tuple[Result, dict[str, int]]:
+    """run_load with the agents spread over several processes (for a fleet: file
+    descriptors, memory, one event loop's latency), one measured window for all."""
+    context = multiprocessing.get_context("spawn")
+    items = list(tokens.items())
+    children = []
+    for i in range(processes):
+        share = dict(items[i::processes])
+        parent, child = context.Pipe()
+        process = context.Process(target=_load_process, daemon=True, args=(
+            child, url, share, epoch, batch, window, seconds, rate))
+        process.start()
+        children.append((process, parent))
+    merged = Result()
+    last: dict[str, int] = {}
+    try:
+        for process, conn in children:
+            if not conn.poll(600):
+                raise TimeoutError(f"load process {process.pid}: agents not connected in 600 s")
+            _, connected, connect_seconds = conn.recv()
+            merged.connected += connected
+            merged.connect_seconds = max(merged.connect_seconds, connect_seconds)
+        start = time.time() + warmup
+        for _, conn in children:
+            conn.send(start)
+        time.sleep(max(0.0, start - time.time()))
+        if at_start is not None:
+            at_start()
+        time.sleep(max(0.0, start + seconds - time.time()))
+        if at_end is not None:
+            at_end()
+        for process, conn in children:
+            if not conn.poll(120):
+                raise TimeoutError(f"load process {process.pid}: no result 120 s after the window")
+            _, result, agents_last = conn.recv()
+            for name in ("sent", "acked", "measured", "cpu_seconds"):
+                setattr(merged, name, getattr(merged, name) + getattr(result, name))
+            merged.latencies.extend(result.latencies)
+            merged.errors.extend(result.errors)
+            last.update(agents_last)
+    finally:
+        for process, _ in children:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+    merged.window = (0.0, seconds)
+    return merged, last
 
 
 def main() -> None:
@@ -197,10 +303,17 @@ def main() -> None:
     p.add_argument("--window", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rate", type=float, default=None, help="readings/s per agent")
+    p.add_argument("--processes", type=int, default=1, help="spread the agents over N processes")
     args = p.parse_args()
     tokens = dict(list(yaml.safe_load(open(args.tokens)).items())[:args.agents])
-    result, _ = asyncio.run(run_load(args.url, tokens, f"load-{int(time.time())}", args.batch,
-                                     args.window, args.seconds, args.rate))
+    epoch = f"load-{int(time.time())}"
+    if args.processes > 1:
+        result, _ = run_load_in_processes(args.processes, args.url, tokens, epoch, args.batch,
+                                          args.window, args.seconds, args.rate)
+    else:
+        raise_open_file_limit()
+        result, _ = asyncio.run(run_load(args.url, tokens, epoch, args.batch, args.window,
+                                         args.seconds, args.rate))
     print(result.summary())
 
 

@@ -19,31 +19,40 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from sensor_edge.config.home_assistant import ha_id
 from sensor_edge.contract.protocol import MAX_BATCH_LIMIT, MAX_FRAME_LIMIT, MIN_BATCH_LIMIT, MIN_FRAME_LIMIT
 from sensor_edge.config.model import (
     ALERT_KINDS,
     BACKENDS,
     DEFAULT_POLL_INTERVAL,
-    DIGITAL_TYPES,
+    FILTERS,
     PIN_FACTORIES,
-    POLLED_TYPES,
-    READ_FLOORS,
-    SENSOR_TYPES,
     AgentConfig,
     AgentCredential,
     AlertRule,
     CollectorConfig,
+    FilterConfig,
     Limits,
     MQTTConfig,
     SensorConfig,
     ServerTLS,
 )
+from sensor_edge.config.sensor_types import SENSOR_TYPES, SensorType, Setting
 
 # Agent and sensor names end up in URLs, MQTT topics and metric labels.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A DNS name as a browser puts it in `Host` (listen.allowed_hosts).
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 ALERTS_PIP_HINT = "pip install 'sensor-edge[alerts]'"
+
+# A 1-Wire device id as the kernel names it under /sys/bus/w1/devices.
+W1_ID_PATTERN = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{12}$")
+# The GPIOs a bus takes when a sensor on it is configured: a `pin:` there is a mistake.
+I2C1_PINS = (2, 3)  # SDA1, SCL1
+SPI0_PINS = (8, 9, 10, 11)  # CE0, MISO, MOSI, SCLK
 
 
 class ConfigError(Exception):
@@ -263,13 +272,15 @@ def _url(value: _Value) -> str:
 def load_collector_config(path: str) -> CollectorConfig:
     """Read and check a collector config file."""
     root = _read_root(path)
-    host, port, tls = "0.0.0.0", CollectorConfig.port, None
+    host, port, tls, allowed_hosts = "0.0.0.0", CollectorConfig.port, None, ()
     listen = root.get("listen")
     if listen is not None:
         section = listen.section()
         host = section.take("host", _Value.string, host)
         port = section.take("port", lambda v: v.integer(0, 65535), port)
         tls = section.take("tls", _server_tls, None)
+        allowed_hosts = section.take(
+            "allowed_hosts", lambda v: tuple(_host_name(item) for item in v.items()), ())
         section.finish()
 
     storage = root.take("storage", _Value.string, CollectorConfig.storage)
@@ -281,10 +292,12 @@ def load_collector_config(path: str) -> CollectorConfig:
     agents: list[AgentCredential] = []
     seen_ids: set[str] = set()
     seen_tokens: set[str] = set()
+    id_values: list[tuple[str, _Value]] = []
     agents_value = root.get("agents")
     for item in agents_value.items() if agents_value is not None else []:
         entry = item.section()
         agent_id = entry.require("id", _Value.name)
+        id_values.append((agent_id, entry.get("id")))
         token_value = entry.get("token")
         hash_value = entry.get("token_sha256")
         if (token_value is None) == (hash_value is None):
@@ -327,6 +340,13 @@ def load_collector_config(path: str) -> CollectorConfig:
             max_connections=section.take(
                 "max_connections", lambda v: v.integer(1, None), limits.max_connections
             ),
+            max_live_connections=section.take(
+                "max_live_connections", lambda v: v.integer(0, None), limits.max_live_connections
+            ),
+            max_connections_per_agent=section.take(
+                "max_connections_per_agent", lambda v: v.integer(1, None),
+                limits.max_connections_per_agent
+            ),
             bad_token_max_delay=section.take(
                 "bad_token_max_delay", lambda v: v.number(0, 60), limits.bad_token_max_delay
             ),
@@ -344,12 +364,36 @@ def load_collector_config(path: str) -> CollectorConfig:
         section.finish()
     mqtt = root.take("mqtt", _mqtt, None)
     alerts = root.take("alerts", _alert_rules, ())
+    if mqtt is not None:
+        _check_home_assistant_ids(id_values)
     root.finish()
     return CollectorConfig(
         source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits,
         tls=tls, stale_after=stale_after, retention_days=retention_days,
         rollup_retention_days=rollup_retention_days, api_token=api_token, mqtt=mqtt, alerts=alerts,
+        allowed_hosts=allowed_hosts,
     )
+
+
+def _check_home_assistant_ids(id_values: list[tuple[str, _Value]]) -> None:
+    """Two agent ids Home Assistant would see as one device ('pi.hall', 'pi_hall') are refused:
+    their entities would share discovery topics and the last to announce would own them."""
+    first: dict[str, tuple[str, _Value]] = {}
+    for agent_id, value in id_values:
+        node = ha_id(agent_id)
+        if node in first:
+            other, other_value = first[node]
+            raise value.error(
+                f"agent id {agent_id!r} and {other!r} (line {other_value.line}) would be one "
+                f"device in Home Assistant ('{node}': it allows no '.'); rename one")
+        first[node] = (agent_id, value)
+
+
+def _host_name(value: _Value) -> str:
+    name = value.string()
+    if not _HOST_NAME.fullmatch(name):
+        raise value.error(f"{name!r} is not a host name (like collector.lan, without port)")
+    return name.lower().rstrip(".")
 
 
 def _server_tls(value: _Value) -> ServerTLS:
@@ -495,19 +539,11 @@ def load_agent_config(path: str) -> AgentConfig:
     pin_factory = root.take("pin_factory", lambda v: v.choice(PIN_FACTORIES), None)
 
     sensors: list[SensorConfig] = []
-    names: set[str] = set()
-    pins: dict[int, str] = {}
     sensors_value = root.get("sensors")
-    for item in sensors_value.items() if sensors_value is not None else []:
-        sensor = _sensor(item, warnings)
-        if sensor.name in names:
-            raise item.error(f"sensor name {sensor.name!r} is used twice")
-        if sensor.pin is not None and sensor.pin in pins:
-            raise item.error(f"pin {sensor.pin} is already used by sensor {pins[sensor.pin]!r}")
-        names.add(sensor.name)
-        if sensor.pin is not None:
-            pins[sensor.pin] = sensor.name
-        sensors.append(sensor)
+    items = sensors_value.items() if sensors_value is not None else []
+    for item in items:
+        sensors.append(_sensor(item, warnings))
+    _check_sensors_apart(sensors, items)
     root.finish()
     return AgentConfig(
         source=path,
@@ -529,34 +565,167 @@ def load_agent_config(path: str) -> AgentConfig:
 def _sensor(item: _Value, warnings: list[str]) -> SensorConfig:
     section = item.section()
     name = section.require("name", _Value.name)
-    kind = section.require("type", lambda v: v.choice(SENSOR_TYPES))
-    pin_value = section.get("pin")
-    if kind == "cpu_temperature":
-        if pin_value is not None:
-            raise pin_value.error("cpu_temperature has no pin")
-        pin = None
-    else:
-        if pin_value is None:
-            raise item.error(f"a {kind} sensor needs a 'pin' (its BCM GPIO number)")
-        pin = pin_value.integer(0, 27)
+    kind = section.require("type", lambda v: v.choice(tuple(SENSOR_TYPES)))
+    sensor_type = SENSOR_TYPES[kind]
+    settings: dict[str, Any] = {}
+    for key in _SETTING_KEYS:
+        value = section.get(key)
+        setting = sensor_type.setting(key)
+        if setting is None:
+            if value is not None:
+                users = [t.name for t in SENSOR_TYPES.values() if t.setting(key) is not None]
+                raise value.error(f"{key} applies to {_and(users)} sensors, not {kind}")
+            continue
+        if value is None:
+            if setting.required:
+                raise item.error(f"a {kind} sensor needs a '{key}' ({setting.hint})")
+            settings[key] = setting.default
+        else:
+            settings[key] = _setting(value, setting, kind)
 
     interval_value = section.get("interval")
     interval = interval_value.seconds() if interval_value is not None else None
-    if interval is None and kind in POLLED_TYPES:
+    if interval is None and sensor_type.polled:
         interval = DEFAULT_POLL_INTERVAL
-    floor = READ_FLOORS.get(kind)
+    floor = sensor_type.read_floor
     if floor is not None and interval is not None and interval < floor:
         warnings.append(
             f"{item.source}:{interval_value.line}: {interval_value.path}: "
             f"{interval:g} s is faster than a {kind} can be read; using {floor:g} s"
         )
         interval = floor
-    debounce_value = section.get("debounce")
-    debounce = None
-    if debounce_value is not None:
-        if kind not in DIGITAL_TYPES:
-            raise debounce_value.error(f"debounce applies to motion and button sensors, not {kind}")
-        debounce = debounce_value.seconds()
+    filters = section.take("filters", _filters, ())
+    metrics = section.take("metrics", lambda v: _metrics(v, sensor_type), None)
     section.finish()
-    assert kind in POLLED_TYPES or kind in DIGITAL_TYPES
-    return SensorConfig(name=name, type=kind, pin=pin, interval=interval, debounce=debounce)
+    return SensorConfig(name=name, type=kind, interval=interval, filters=filters,
+                        metrics=metrics, **settings)
+
+
+# Every key some sensor type takes (pin, debounce, bus, address, channel, gain).
+_SETTING_KEYS = tuple(dict.fromkeys(s.key for t in SENSOR_TYPES.values() for s in t.settings))
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _setting(value: _Value, setting: Setting, kind: str) -> Any:
+    if setting.kind == "pin":
+        return value.integer(setting.low, setting.high)
+    if setting.kind == "seconds":
+        return value.seconds()
+    if setting.kind in ("bus", "channel"):
+        return value.integer(setting.low, setting.high)
+    if setting.kind == "i2c_address":
+        raw = value._scalar()
+        if isinstance(raw, str) and re.fullmatch(r"0[xX][0-9a-fA-F]{1,2}", raw.strip()):
+            address = int(raw, 16)  # "0x76" in quotes, as i2cdetect prints it
+        else:
+            address = value.integer(0, 0x7F)
+        if address not in setting.choices:
+            options = ", ".join(f"0x{a:02x}" for a in setting.choices)
+            raise value.error(f"a {kind} answers at {options}, not 0x{address:02x}")
+        return address
+    if setting.kind == "w1_id":
+        device_id = str(value._scalar()).strip().lower()
+        if not W1_ID_PATTERN.match(device_id):
+            raise value.error(f"expected a 1-Wire id like 28-0316a2791dff (as listed in "
+                              f"/sys/bus/w1/devices), got {device_id!r}")
+        family = device_id[:2]
+        if family not in SENSOR_TYPES[kind].w1_families:
+            raise value.error(f"{device_id} is not a {kind}: its family {family} is not one of "
+                              f"{', '.join(SENSOR_TYPES[kind].w1_families)}")
+        return device_id
+    if setting.kind == "gain":
+        raw = value._scalar()
+        gain = 2 / 3 if raw == "2/3" else raw
+        if isinstance(gain, bool) or gain not in setting.choices:
+            options = ", ".join("2/3" if g == 2 / 3 else f"{g:g}" for g in setting.choices)
+            raise value.error(f"expected a gain of {options}, got {raw!r}")
+        return next(g for g in setting.choices if g == gain)
+    raise AssertionError(f"unknown setting kind {setting.kind!r}")
+
+
+def _filters(value: _Value) -> tuple[FilterConfig, ...]:
+    filters = []
+    for item in value.items():
+        step = item.section()
+        present = [key for key in FILTERS if step.get(key) is not None]
+        if len(present) != 1:
+            step.finish()  # a misspelt filter: "unknown key"
+            raise item.error(f"each list item is one filter ({', '.join(FILTERS)}), "
+                             "e.g. '- delta: 0.2'")
+        kind = present[0]
+        amount = step.get(kind)
+        if kind in ("offset", "multiply"):
+            number = amount.number(-1e12, 1e12)
+        elif kind == "round":
+            number = float(amount.integer(-6, 10))
+        elif kind == "delta":
+            number = amount.number(0)
+        else:  # heartbeat, throttle_average
+            number = amount.seconds()
+        step.finish()
+        filters.append(FilterConfig(kind, number))
+    return tuple(filters)
+
+
+def _metrics(value: _Value, sensor_type: SensorType) -> tuple[str, ...]:
+    chosen: list[str] = []
+    for item in value.items():
+        metric = item.choice(sensor_type.metric_names)
+        if metric in chosen:
+            raise item.error(f"{metric} is listed twice")
+        chosen.append(metric)
+    if not chosen:
+        raise value.error("an empty list keeps nothing: leave 'metrics' out to keep all")
+    return tuple(chosen)
+
+
+def _check_sensors_apart(sensors: list[SensorConfig], items: list[_Value]) -> None:
+    """Two sensors on one pin, address or channel, or a pin that a bus in use needs, is a
+    mistake in the file: name the line of the second one."""
+    names: set[str] = set()
+    pins: dict[int, str] = {}  # GPIO -> the sensor on it
+    bus_pins: dict[int, tuple[str, str]] = {}  # GPIO -> (the bus that needs it, a sensor on it)
+    places: dict[tuple[Any, ...], str] = {}  # (bus, address or channel or id) -> the sensor
+    thermometers = [s for s in sensors if SENSOR_TYPES[s.type].interface == "1-wire"]
+    for sensor, item in zip(sensors, items):
+        if sensor.name in names:
+            raise item.error(f"sensor name {sensor.name!r} is used twice")
+        names.add(sensor.name)
+        interface = SENSOR_TYPES[sensor.type].interface
+        place, where, bus = None, "", ("", ())
+        if interface == "i2c":
+            # An ADC's channels share its address; anything else on one address clashes.
+            place = ("i2c", sensor.bus, sensor.address, sensor.channel)
+            where = f"address 0x{sensor.address:02x} on I2C bus {sensor.bus}" + \
+                ("" if sensor.channel is None else f", channel {sensor.channel},")
+            if sensor.bus == 1:
+                bus = ("I2C bus 1", I2C1_PINS)
+        elif interface == "spi":
+            place, where = ("spi", sensor.channel), f"MCP3008 channel {sensor.channel}"
+            bus = ("SPI0", SPI0_PINS)
+        elif interface == "1-wire":
+            if sensor.address is None and len(thermometers) > 1:
+                raise item.error(f"with {len(thermometers)} 1-Wire sensors, each needs its "
+                                 "'address' (sensor-agent probe lists the ids)")
+            place, where = ("w1", sensor.address), f"1-Wire id {sensor.address}"
+        if place is not None:
+            if place in places:
+                raise item.error(f"{where} is already used by sensor {places[place]!r}")
+            places[place] = sensor.name
+        label, needed = bus
+        for pin in needed:
+            if pin in pins:
+                raise item.error(f"{label} needs GPIO{pin}, which sensor {pins[pin]!r} uses")
+            bus_pins.setdefault(pin, (label, sensor.name))
+        if sensor.pin is not None:
+            if sensor.pin in pins:
+                raise item.error(f"pin {sensor.pin} is already used by sensor "
+                                 f"{pins[sensor.pin]!r}")
+            if sensor.pin in bus_pins:
+                label, user = bus_pins[sensor.pin]
+                raise item.error(f"GPIO{sensor.pin} belongs to {label}, which sensor "
+                                 f"{user!r} uses")
+            pins[sensor.pin] = sensor.name

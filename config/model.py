@@ -17,11 +17,9 @@ DEFAULT_STALE_AFTER = 60.0
 # The 1-minute and 1-hour rollups: ten years.
 DEFAULT_ROLLUP_RETENTION_DAYS = 3650.0
 
-# A DHT sensor needs this long between reads or it answers with stale data.
-READ_FLOORS = {"dht22": 2.0, "dht11": 1.0}
-POLLED_TYPES = ("dht11", "dht22", "cpu_temperature")
-DIGITAL_TYPES = ("motion", "button")
-SENSOR_TYPES = POLLED_TYPES + DIGITAL_TYPES
+# Sensor types (their metrics, keys, floors) live in sensor_types.py.
+# A sensor's `filters:`, applied in this order of the list on the agent.
+FILTERS = ("offset", "multiply", "round", "delta", "heartbeat", "throttle_average")
 BACKENDS = ("auto", "hardware", "mock")
 # gpiozero 2's own pin factories (its `gpiozero_pin_factories` entry points);
 # lgpio is the one that works on every Pi, the Pi 5 included.
@@ -38,8 +36,13 @@ class Limits:
     max_readings_per_second: float = 20_000.0
     # A client that has not finished its WebSocket handshake by then is dropped.
     handshake_timeout: float = 10.0
-    # Open WebSocket connections (agents and dashboards); one more gets HTTP 503.
+    # Open agent connections (/v1/stream); one more gets HTTP 503.
     max_connections: int = 10_000
+    # Browsers on /v1/live: a budget of their own, so they can never lock agents out.
+    max_live_connections: int = 100
+    # Connections one agent token may hold at once: two lets a reconnect overlap an
+    # old connection not yet known to be dead; more would let one token take them all.
+    max_connections_per_agent: int = 2
     # Repeated bad tokens from one address wait up to this long for their 401 (0: never).
     bad_token_max_delay: float = 5.0
 
@@ -98,6 +101,8 @@ class CollectorConfig:
     source: str
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
+    # Host names the HTTP side answers to besides IP literals, localhost and this machine's own.
+    allowed_hosts: tuple[str, ...] = ()
     storage: str = DEFAULT_COLLECTOR_STORAGE
     agents: tuple[AgentCredential, ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -112,14 +117,29 @@ class CollectorConfig:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    """One step of a sensor's `filters:` list: ``kind`` is one of FILTERS."""
+
+    kind: str
+    value: float  # the amount, decimals (round) or seconds (heartbeat, throttle_average)
+
+
+@dataclass(frozen=True)
 class SensorConfig:
     name: str
-    type: str
+    type: str  # a key of sensor_types.SENSOR_TYPES
     pin: int | None = None
     interval: float | None = None
     # Digital inputs: edges closer together than this after a reported one are
     # contact bounce; the settled state is reported when the window ends.
     debounce: float | None = None
+    bus: int | None = None  # I2C: /dev/i2c-N
+    # I2C: the 7-bit address; 1-Wire: the id (28-0316a2791dff), None: the only one there.
+    address: int | str | None = None
+    channel: int | None = None  # ADCs
+    gain: float | None = None  # ADS1115: 2/3, 1, 2, 4, 8 or 16
+    filters: tuple[FilterConfig, ...] = ()
+    metrics: tuple[str, ...] | None = None  # None: all of the type's metrics
 
 
 @dataclass(frozen=True)

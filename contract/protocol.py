@@ -10,11 +10,18 @@ code call it; validation lives here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, NamedTuple
+from itertools import islice
+from operator import itemgetter, lt
+from typing import Annotated, Any, NamedTuple
+
+from sensor_edge.contract.status import AgentStatus
 
 STREAM_PATH = "/v1/stream"
 
@@ -94,7 +101,19 @@ class Readings:
 
 @dataclass(frozen=True)
 class Status:
+    """The agent's health: the fields of :data:`STATUS_FIELDS` it sent, checked.
+
+    ``dropped`` names the known fields that were of the wrong type or out of
+    range (``sensors.climate.good``); they are left out of ``fields``.
+    """
+
     fields: dict[str, Any] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> AgentStatus:
+        """The fields, typed."""
+        return AgentStatus.from_fields(self.fields)
 
 
 @dataclass(frozen=True)
@@ -297,9 +316,211 @@ def _readings(body: dict[str, Any], max_batch: int) -> Readings:
     return Readings(rows)
 
 
+
+# --- readings: the fast path ------------------------------------------------------
+#
+# A `readings` frame as agents write it is decoded and type-checked in one pass in C
+# by msgspec (3 times as fast as json.loads plus _readings() at 50 readings a frame).
+# What its types do not say is checked on the whole batch, still in C: no Python
+# step per reading. A frame that fails any check, or is not shaped as our agents
+# write it, gets None here and goes the general way (_decode and _readings), which
+# names the error, or accepts it (an unknown field, a ':' inside a name): the rules
+# and the errors are that path's, the fast path only takes the frames it accepts.
+#
+# msgspec is imported on first use: the agent parses no readings and never loads it.
+
+# How our agents start one (compact), and json.dumps' default spacing.
+_READINGS_START = ('{"type":"readings"', '{"type": "readings"')
+# What the contract calls finite: every float but the infinities (JSON has no NaN).
+_FLOAT_MAX = sys.float_info.max
+# Keys a batch of n readings has: "type", "readings" and six per reading.
+_KEYS, _KEYS_PER_READING = 2, len(Reading._fields)
+_SEQ, _SENSOR, _METRIC, _UNIT = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(4)
+# A Reading from a tuple, in C (Reading._make is a Python function).
+_as_reading = functools.partial(tuple.__new__, Reading)
+
+
+@functools.cache
+def _decode_readings() -> Callable[[str], list[Reading] | None]:
+    """A frame's readings, each field of the type and in the range _readings() wants,
+    or None when msgspec refuses the frame. Built once, on first use."""
+    import msgspec
+
+    name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+    unit = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
+    seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_INTEGER)]  # bool is not an int here
+    # An integer is taken as a float (an integer too large for one is refused).
+    real = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
+    # The fields in Reading's order; gc=False: never tracked by the cyclic collector.
+    wire_reading = msgspec.defstruct("WireReading", [
+        ("seq", seq), ("sensor", name), ("metric", name), ("value", real), ("unit", unit),
+        ("ts", real)], gc=False)
+    wire_readings = msgspec.defstruct("WireReadings", [("readings", list[wire_reading])],
+                                      gc=False)
+    decode = msgspec.json.Decoder(wire_readings).decode
+    astuple = msgspec.structs.astuple
+
+    def readings(frame: str) -> list[Reading] | None:
+        try:
+            wire = decode(frame).readings
+        # (A lone surrogate in the str itself is a UnicodeEncodeError, a ValueError.)
+        except (ValueError, RecursionError):
+            return None
+        return list(map(_as_reading, map(astuple, wire)))
+
+    return readings
+
+
+def _fast_readings(frame: str, max_batch: int) -> Readings | None:
+    """The frame's readings if it is a `readings` message as our agents write it and
+    valid, checked in C; None: let the general path decide."""
+    if not frame.startswith(_READINGS_START):
+        return None
+    rows = _decode_readings()(frame)
+    if rows is None or len(rows) >= max_batch:
+        return None
+    # Each key has one ':' after it; a string may hold more. Exactly as many as the
+    # known keys: no unknown or repeated field (whose value might be deep, or repeat
+    # "type"), so the nesting is the known one.
+    if frame.count(":") != _KEYS + _KEYS_PER_READING * len(rows):
+        return None
+    seqs = list(map(_SEQ, rows))
+    if not all(map(lt, seqs, islice(seqs, 1, None))):
+        return None
+    names = {*map(_SENSOR, rows), *map(_METRIC, rows), *map(_UNIT, rows)}
+    if not all(map(str.isprintable, names)):
+        return None
+    return Readings(rows)
+
+
+# --- status: the agent's health, checked field by field -----------------------
+#
+# A status is the agent's word about itself: kept in memory and shown in
+# /api/agents and /metrics, never stored. Each field the collector knows is
+# checked like a reading's (its type, finite, in range); one that fails is
+# dropped and named in Status.dropped while the rest is kept and the
+# connection goes on: a newer agent that changed one field must not lose its
+# readings' connection over it. Fields the collector does not know are ignored
+# (not kept), so nothing unchecked reaches a page, a scrape or a float().
+
+MAX_STATUS_SENSORS = 64
+MAX_FAILURE_KINDS = 16
+MAX_STATUS_TEXT = 500  # a sensor's last error
+_BAD = object()  # what a check returns for a value it does not take
+
+# A check takes a value, its path (for naming what is dropped) and the list of
+# dropped paths (where nested checks add theirs); it returns the value to keep
+# or _BAD. Leaf checks ignore the last two.
+Check = Callable[[Any, str, list[str]], Any]
+
+
+def _count(value: Any, *_: Any) -> Any:
+    return value if type(value) is int and 0 <= value <= MAX_INTEGER else _BAD
+
+
+def _real(value: Any, *_: Any) -> Any:
+    if (type(value) is float or type(value) is int) and _finite(value):
+        return float(value)
+    return _BAD
+
+
+def _seconds(value: Any, *_: Any) -> Any:
+    value = _real(value)
+    return value if value is _BAD or value >= 0 else _BAD
+
+
+def _flag(value: Any, *_: Any) -> Any:
+    return value if type(value) is bool else _BAD
+
+
+def _text(limit: int) -> Check:
+    def check(value: Any, *_: Any) -> Any:
+        ok = type(value) is str and len(value) <= limit and value.isprintable()
+        return value if ok else _BAD
+    return check
+
+
+def _or_none(check: Check) -> Check:
+    return lambda value, *rest: None if value is None else check(value, *rest)
+
+
+def _object(schema: dict[str, Check]) -> Check:
+    """An object's known fields, each checked; a bad one is dropped, unknown ones ignored."""
+    def check(value: Any, path: str, dropped: list[str]) -> Any:
+        if type(value) is not dict:
+            return _BAD
+        kept = {}
+        for key, check_field in schema.items():
+            if key in value:
+                where = f"{path}.{key}" if path else key
+                checked = check_field(value[key], where, dropped)
+                if checked is _BAD:
+                    dropped.append(where)
+                else:
+                    kept[key] = checked
+        return kept
+    return check
+
+
+def _named(check_item: Check, limit: int) -> Check:
+    """An object of names to items, each checked; past ``limit`` names the rest is dropped."""
+    def check(value: Any, path: str, dropped: list[str]) -> Any:
+        if type(value) is not dict:
+            return _BAD
+        kept = {}
+        for seen, (name, item) in enumerate(value.items()):
+            if seen == limit:  # good names or bad, so the work and what is named is bounded
+                dropped.append(path)
+                break
+            if type(name) is not str or not 0 < len(name) <= MAX_NAME_LENGTH \
+                    or not name.isprintable():
+                dropped.append(f"{path}.?")
+                continue
+            checked = check_item(item, f"{path}.{name}", dropped)
+            if checked is _BAD:
+                dropped.append(f"{path}.{name}")
+            else:
+                kept[name] = checked
+        return kept
+    return check
+
+
+# Every status field the collector knows: what the agent sends (agent/agent.py).
+STATUS_FIELDS: dict[str, Check] = {
+    "time": _real,  # the agent's clock, Unix seconds
+    "uptime": _seconds,
+    "version": _text(MAX_NAME_LENGTH),
+    "backend": _text(MAX_NAME_LENGTH),
+    "buffer_depth": _count,
+    "buffer_oldest_age": _or_none(_seconds),
+    "dropped": _count,
+    "sent": _count,
+    "cpu_temperature": _or_none(_real),
+    "clock_synced": _or_none(_flag),
+    "sensors": _named(_object({
+        "good": _count,
+        "failed": _count,
+        "consecutive_failures": _count,
+        "failures": _named(_count, MAX_FAILURE_KINDS),  # failed reads by kind
+        "last_error": _or_none(_text(MAX_STATUS_TEXT)),
+        "held_back": _count,  # readings its filters kept from the buffer
+    }), MAX_STATUS_SENSORS),
+}
+_STATUS = _object(STATUS_FIELDS)
+
+
+def _status(body: dict[str, Any]) -> Status:
+    dropped: list[str] = []
+    return Status(_STATUS(body, "", dropped), tuple(dropped))
+
+
 def parse_agent_message(frame: str | bytes, *, max_frame_bytes: int = MAX_FRAME_LIMIT - 1,
                         max_batch_readings: int = MAX_BATCH_LIMIT - 1) -> AgentMessage:
     """Parse and validate one frame from an agent, or raise :class:`ProtocolError`."""
+    if type(frame) is str and len(frame) < max_frame_bytes:
+        readings = _fast_readings(frame, max_batch_readings)
+        if readings is not None:
+            return readings
     body = _decode(frame, max_frame_bytes)
     kind = body["type"]
     if kind == "readings":
@@ -310,14 +531,13 @@ def parse_agent_message(frame: str | bytes, *, max_frame_bytes: int = MAX_FRAME_
             agent=_string(body, "agent", "hello"),
             epoch=_string(body, "epoch", "hello"),
             version=_string(body, "version", "hello", allow_empty=True),
-            time=None if time is None else _number(body, "time", "hello"),
+            time=None if time is None else float(_number(body, "time", "hello")),
         )
         _check_extra(body, 5 if time is not None else 4, 0, "hello")
         return hello
     if kind == "status":
-        fields = {k: v for k, v in body.items() if k != "type"}
-        _check_depth(fields, 1, "status")
-        return Status(fields)
+        _check_depth(body, 0, "status")
+        return _status(body)
     if kind == "bye":
         _check_extra(body, 1, 0, "bye")
         return Bye()

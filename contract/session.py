@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from sensor_edge.contract.status import AgentStatus
 from sensor_edge.contract.protocol import (
     MAX_BATCH_LIMIT,
     MAX_FRAME_LIMIT,
@@ -138,11 +139,11 @@ class AgentSession:
         self._in_flight.append(self.sent_upto)
         return encode(Readings(rows))
 
-    def status(self, fields: dict) -> str:
+    def status(self, status: AgentStatus) -> str:
         """A `status` frame (the agent's health); never after bye."""
         if self.closing:
             raise RuntimeError("status after bye")
-        return encode(Status(fields))
+        return encode(Status(status.to_fields()))
 
     def bye(self) -> str:
         """The last frame: nothing may follow it."""

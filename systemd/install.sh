@@ -124,29 +124,38 @@ apt_packages() {
   fi
 }
 
+# The agent's device groups: GPIO, the I2C buses (/dev/i2c-*), SPI (/dev/spidev*).
+AGENT_GROUPS=(gpio i2c spi)
+
 users() {
-  local role user
-  if has_role agent && ! group_exists gpio; then
-    # Raspberry Pi OS has it (udev gives it /dev/gpiomem and /dev/gpiochip*);
-    # elsewhere the unit's SupplementaryGroups=gpio needs it to exist.
-    run groupadd --system gpio
+  local role user group
+  if has_role agent; then
+    for group in "${AGENT_GROUPS[@]}"; do
+      # Raspberry Pi OS has them (udev gives them the device nodes); elsewhere
+      # the unit's SupplementaryGroups= needs them to exist.
+      group_exists "$group" || run groupadd --system "$group"
+    done
   fi
   for role in "${ROLES[@]}"; do
     user="sensor-$role"
     if ! user_exists "$user"; then
       local groups=()
-      [ "$role" = agent ] && groups=(--groups gpio)
+      [ "$role" = agent ] && groups=(--groups "$(IFS=,; echo "${AGENT_GROUPS[*]}")")
       run useradd --system --user-group "${groups[@]}" --home-dir "/var/lib/$user" \
         --no-create-home --shell /usr/sbin/nologin "$user"
-    elif [ "$role" = agent ] && ! id -nG "$user" | tr ' ' '\n' | grep -qx gpio; then
-      run usermod --append --groups gpio "$user"
+    elif [ "$role" = agent ]; then
+      for group in "${AGENT_GROUPS[@]}"; do
+        id -nG "$user" | tr ' ' '\n' | grep -qx "$group" || \
+          run usermod --append --groups "$group" "$user"
+      done
     fi
   done
 }
 
 venv() {
   local extra=""
-  has_role agent && extra="[dht]"
+  # Every sensor's driver: each is imported only when a sensor of its type is configured.
+  has_role agent && extra="[dht,onewire,i2c]"
   if [ ! -x "$ROOT$VENV/bin/python" ]; then
     run "$PYTHON" -m venv --system-site-packages "$VENV"
   fi

@@ -73,7 +73,8 @@ def make_collector(storage_url: str, storage_backend: str, tmp_path: Path,
 
 @pytest.fixture
 def make_agent(tmp_path: Path, processes: list[Process]):
-    """make_agent(collector, agent_id) -> a started mock Agent streaming to it."""
+    """make_agent(collector, agent_id) -> a started Agent streaming to it (the mock
+    backend; mock=False for the hardware backend over tests/fakes)."""
 
     def make(collector: Collector | None, agent_id: str = "pi-1", start: bool = True,
              urls: list[str] | None = None, token: str | None = None, **kwargs) -> Agent:

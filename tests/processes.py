@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import yaml
 
 HOST = "127.0.0.1"
+# Stand-ins for the hardware libraries (adafruit_dht, board) at their boundary.
+FAKES = Path(__file__).parent / "fakes"
 
 
 def free_port() -> int:
@@ -49,6 +51,19 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
                          + (f" (last error: {last_error})" if last_error else ""))
 
 
+def hardware_env(state_dir: Path, **scripts: str) -> dict[str, str]:
+    """The environment a program needs to run the hardware backend off a Pi.
+
+    tests/fakes first on the path (adafruit_dht, board), gpiozero's MockFactory for
+    digital inputs, the fake DHTs' held pins and access log in ``state_dir`` (so a
+    test can look from outside the process), and any FAKE_DHT_SCRIPT* ``scripts``.
+    """
+    state_dir.mkdir(exist_ok=True)
+    return {"PYTHONPATH": os.pathsep.join([str(FAKES),
+                                           *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "FAKE_DHT_DIR": str(state_dir), "GPIOZERO_PIN_FACTORY": "mock", **scripts}
+
+
 class Process:
     """A program of ours run as `python -m MODULE`, with its output in a log file."""
 
@@ -56,25 +71,31 @@ class Process:
     # The interpreter that runs it (a benchmark may point this at a clean venv's).
     executable = sys.executable
 
-    def __init__(self, workdir: Path, config: dict[str, Any], name: str, args: tuple = ()):
+    def __init__(self, workdir: Path, config: dict[str, Any], name: str, args: tuple = (),
+                 env: dict[str, str] | None = None):
         self.workdir = workdir
         self.name = name
         self.config = config
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
         self.args = args
+        self.env = env or {}  # on top of the test's own environment
         self.proc: subprocess.Popen | None = None
         self.write_config()
 
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
+    def environment(self) -> dict[str, str]:
+        """The environment it runs in (for running its module by hand, too)."""
+        return {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+
     def start(self) -> Process:
         log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [self.executable, "-m", self.module, "--config", str(self.config_path), *self.args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.environment(),
         )
         log.close()
         return self
@@ -151,6 +172,10 @@ class Collector(Process):
         assert status == 200, (status, body)
         return json.loads(body)
 
+    def agent_entry(self, agent_id: str) -> dict[str, Any]:
+        """What /api/agents says of one agent (its last status under "status")."""
+        return next(a for a in self.json("/api/agents")["agents"] if a["id"] == agent_id)
+
     def stored_seqs(self, agent: str, epoch: str | None = None) -> list[int]:
         """The seqs in storage for an agent (and epoch), read straight from the file."""
         return stored_seqs(self.storage, agent, epoch)
@@ -211,6 +236,10 @@ class PostgresDatabases:
 
 
 class Agent(Process):
+    """An agent on the mock backend, or with ``mock=False`` on the hardware backend's
+    code path over the stand-ins of tests/fakes (see hardware_env; its fake DHTs keep
+    their state in ``fake_dht_dir``)."""
+
     module = "sensor_edge.agent"
 
     def __init__(self, workdir: Path, agent_id: str, token: str, urls: list[str],
@@ -218,16 +247,18 @@ class Agent(Process):
                  mock: bool = True, **extra: Any):
         name = name or agent_id
         self.buffer_path = str(workdir / f"{name}.buffer.db")
+        self.fake_dht_dir = None if mock else workdir / f"{name}.dht"
         collector = {"url": urls[0]} if len(urls) == 1 else {"urls": urls}
         config = {
             "agent": {"id": agent_id},
             "collector": {**collector, "token": token},
             "buffer": {"path": self.buffer_path},
-            "backend": "mock",
+            "backend": "mock" if mock else "hardware",
             "sensors": sensors if sensors is not None else FAST_SENSORS,
             **extra,
         }
-        super().__init__(workdir, config, name, ("--mock",) if mock else ())
+        super().__init__(workdir, config, name, ("--mock",) if mock else (),
+                         None if mock else hardware_env(self.fake_dht_dir))
 
     def epoch(self) -> str:
         with sqlite3.connect(self.buffer_path, timeout=10) as db:
@@ -248,3 +279,46 @@ FAST_SENSORS = [
     {"name": "motion", "type": "motion", "pin": 17},
     {"name": "soc", "type": "cpu_temperature", "interval": 0.05},
 ]
+
+
+def fill_sqlite(path: str, count: int, agent: str = "pi-1", epoch: str = "filled",
+                t0: float = 1_700_000_000.0, step: float = 0.01) -> None:
+    """`count` readings written straight into a collector's SQLite file (seq 1..count,
+    ts t0 + seq * step), far faster than any agent could send them."""
+    from sensor_edge.server.storage.sqlite import SQLiteStorage
+
+    SQLiteStorage(path).close()  # the schema
+    with sqlite3.connect(path, timeout=10) as db:
+        db.executemany(
+            "INSERT INTO readings (agent, epoch, seq, sensor, metric, value, unit, ts) "
+            "VALUES (?, ?, ?, 'climate', 'temperature', ?, 'C', ?)",
+            ((agent, epoch, seq, 20 + seq % 100 / 10, t0 + seq * step)
+             for seq in range(1, count + 1)))
+        db.execute("INSERT INTO epochs VALUES (?, ?, ?)", (agent, epoch, count))
+
+
+def http_request(path: str, headers: list[tuple[str, str]], method: str = "GET",
+                 version: str = "HTTP/1.1", body: bytes = b"") -> bytes:
+    """A request's bytes, headers exactly as given (duplicates and all)."""
+    lines = [f"{method} {path} {version}", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 15) -> tuple[int, dict, bytes]:
+    """Send raw request bytes; read until the collector closes (or, after a 101, the head).
+    Returns status, headers (names lowercased, last copy wins) and the raw body."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if data.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in data:
+                break  # a WebSocket now: the answer was the head
+    assert data.startswith(b"HTTP/1.1 "), f"no HTTP answer, got {data[:100]!r}"
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), headers, body

@@ -47,18 +47,18 @@ def assert_rollups_match(expected: dict, held: dict) -> None:
 
 
 def as_before_rollups(url: str) -> None:
-    """Make a database what a release before rollups left: no rollup tables, version 2."""
+    """Make a database what a release before rollups left: no rollup tables, version 4."""
     if url.startswith("postgresql"):
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as db:
             db.execute(f"DROP TABLE {', '.join(ROLLUP_TABLES)}")
-            db.execute("DELETE FROM schema_migrations WHERE version >= 3")
+            db.execute("DELETE FROM schema_migrations WHERE version >= 5")
         return
     with sqlite3.connect(url, isolation_level=None) as db:
         for table in ROLLUP_TABLES:
             db.execute(f"DROP TABLE {table}")
-        db.execute("PRAGMA user_version = 2")
+        db.execute("PRAGMA user_version = 4")
     db.close()
 
 

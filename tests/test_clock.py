@@ -27,10 +27,6 @@ async def hello_from_a_skewed_clock(url: str, token: str, agent: str, skew: floa
         return welcome
 
 
-def agent_entry(collector, agent_id: str) -> dict:
-    return next(a for a in collector.json("/api/agents")["agents"] if a["id"] == agent_id)
-
-
 def test_collector_records_each_agents_clock_offset_and_warns_past_two_seconds(
         make_collector, make_agent):
     collector = make_collector()
@@ -38,14 +34,14 @@ def test_collector_records_each_agents_clock_offset_and_warns_past_two_seconds(
     welcome = asyncio.run(hello_from_a_skewed_clock(
         collector.stream_url, TOKENS["pi-2"], "pi-2", -90.0))
     assert welcome["type"] == "welcome" and abs(welcome["time"] - time.time()) < 5
-    offset = agent_entry(collector, "pi-2")["clock_offset"]
+    offset = collector.agent_entry("pi-2")["clock_offset"]
     assert 88 < offset < 92  # collector minus agent
     wait_until(lambda: "agent pi-2: its clock is" in collector.log(), 5,
                what="the clock warning for pi-2")
 
     # A real agent sends its own clock in hello: in step with the collector here.
     make_agent(collector, "pi-1")
-    wait_until(lambda: agent_entry(collector, "pi-1")["clock_offset"] is not None, 20,
+    wait_until(lambda: collector.agent_entry("pi-1")["clock_offset"] is not None, 20,
                what="pi-1's clock offset")
-    assert abs(agent_entry(collector, "pi-1")["clock_offset"]) < 2
+    assert abs(collector.agent_entry("pi-1")["clock_offset"]) < 2
     assert "agent pi-1: its clock is" not in collector.log()

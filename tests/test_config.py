@@ -39,6 +39,19 @@ def test_shipped_examples_load():
     assert agent.sensors and agent.urls[0].startswith("ws")
 
 
+def test_the_examples_commented_bus_sensors_load_once_uncommented(tmp_path):
+    import re
+
+    text = (REPO / "config" / "agent.example.yaml").read_text()
+    head, _, block = text.partition("  # Parts on the 1-Wire")
+    sensors = [re.sub(r"^  # ", "  ", line) for line in block.splitlines()[2:]]
+    config = load_agent_config(write(tmp_path, head + "\n".join(sensors) + "\n"))
+    kinds = {s.type for s in config.sensors}
+    assert {"ds18b20", "bme280", "sht3x", "mcp3008", "ads1115"} <= kinds
+    room = next(s for s in config.sensors if s.name == "room")
+    assert room.metrics == ("temperature", "pressure") and len(room.filters) == 4
+
+
 def test_collector_defaults_match_the_contract(tmp_path):
     config = load_collector_config(write(tmp_path, "agents: []\n"))
     assert (config.host, config.port) == ("0.0.0.0", 8765)
@@ -126,6 +139,20 @@ def test_collector_config_errors(tmp_path):
         with pytest.raises(ConfigError) as caught:
             load_collector_config(path)
         assert str(caught.value).startswith(f"{path}:{line}: {key}"), str(caught.value)
+
+
+def test_agent_ids_that_would_be_one_home_assistant_device_are_refused_with_mqtt(tmp_path):
+    agents = ("agents:\n  - id: pi.hall\n    token: t-1\n  - id: pi-2\n    token: t-2\n"
+              "  - id: pi_hall\n    token: t-3\n")
+    path = write(tmp_path, agents + "mqtt:\n  host: 127.0.0.1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_collector_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:6: agents[2].id: agent id 'pi_hall' and 'pi.hall' "
+                              "(line 2) would be one device in Home Assistant"), message
+    assert "\n" not in message
+    # Without MQTT nothing meets in Home Assistant: the same agents are fine.
+    assert len(load_collector_config(write(tmp_path, agents)).agents) == 3
 
 
 def test_duplicate_token_error_does_not_echo_the_token(tmp_path):

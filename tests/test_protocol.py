@@ -75,6 +75,112 @@ def test_unknown_fields_are_ignored_in_a_valid_message():
     assert rows.readings[0][0] == 1
 
 
+# --- status: the agent's health, checked field by field --------------------------
+
+AGENT_STATUS = {  # what agent/agent.py sends
+    "time": 1_700_000_000.5, "uptime": 12.5, "version": "0.1.0", "backend": "mock",
+    "buffer_depth": 42, "buffer_oldest_age": None, "dropped": 0, "sent": 900,
+    "cpu_temperature": 48.3, "clock_synced": True,
+    "sensors": {"climate": {"good": 3, "failed": 1, "failures": {"checksum": 1},
+                            "consecutive_failures": 0, "last_error": "checksum did not validate",
+                            "held_back": 2}},
+}
+
+
+def test_the_agents_own_status_is_kept_whole_and_typed():
+    status = parse_agent_message(frame({"type": "status", **AGENT_STATUS}))
+    assert status == Status(AGENT_STATUS)
+    assert status.dropped == ()
+    assert type(status.fields["uptime"]) is float and type(status.fields["buffer_depth"]) is int
+
+
+def test_status_fields_the_collector_does_not_know_are_ignored():
+    status = parse_agent_message(frame({"type": "status", "uptime": 1, "future": {"a": [1]},
+                                        "sensors": {"s": {"good": 1, "colour": "red"}}}))
+    assert status.fields == {"uptime": 1.0, "sensors": {"s": {"good": 1}}}
+    assert status.dropped == ()
+
+
+HUGE = 10**400  # a JSON integer no float holds
+
+
+@pytest.mark.parametrize("key,value", [
+    ("time", HUGE), ("time", "now"), ("time", True), ("time", [1]),
+    ("uptime", HUGE), ("uptime", -1), ("uptime", {"s": 1}), ("uptime", None),
+    ("version", 5), ("version", "v" * 500), ("version", "a\x00b"), ("backend", ["mock"]),
+    ("buffer_depth", HUGE), ("buffer_depth", 2**63), ("buffer_depth", -1),
+    ("buffer_depth", 1.5), ("buffer_depth", False), ("buffer_oldest_age", "old"),
+    ("buffer_oldest_age", -HUGE), ("dropped", "0"), ("sent", 10**19),
+    ("cpu_temperature", HUGE), ("cpu_temperature", "hot"), ("clock_synced", "yes"),
+    ("clock_synced", 1), ("sensors", []), ("sensors", "all good"), ("sensors", HUGE),
+])
+def test_a_known_status_field_of_the_wrong_type_is_dropped_and_named(key, value):
+    body = {"type": "status", **AGENT_STATUS, key: value}
+    status = parse_agent_message(frame(body))
+    assert key not in status.fields
+    assert status.dropped == (key,)
+    # Everything else is still there.
+    assert status.fields == {k: v for k, v in AGENT_STATUS.items() if k != key}
+
+
+@pytest.mark.parametrize("sensor,dropped,kept", [
+    ({"good": HUGE, "failed": 1}, "sensors.climate.good", {"failed": 1}),
+    ({"good": 1, "failed": "1"}, "sensors.climate.failed", {"good": 1}),
+    ({"good": 1, "consecutive_failures": -3}, "sensors.climate.consecutive_failures",
+     {"good": 1}),
+    ({"good": 1, "last_error": {"x": 1}}, "sensors.climate.last_error", {"good": 1}),
+    ({"good": 1, "last_error": "e" * 1000}, "sensors.climate.last_error", {"good": 1}),
+    ({"good": 1, "failures": {"timeout": HUGE, "crc": 2}}, "sensors.climate.failures.timeout",
+     {"good": 1, "failures": {"crc": 2}}),
+    ({"good": 1, "failures": [1]}, "sensors.climate.failures", {"good": 1}),
+])
+def test_a_bad_per_sensor_count_is_dropped_alone(sensor, dropped, kept):
+    status = parse_agent_message(frame({"type": "status", "sensors": {"climate": sensor,
+                                                                      "soc": {"good": 7}}}))
+    assert status.dropped == (dropped,)
+    assert status.fields["sensors"] == {"climate": kept, "soc": {"good": 7}}
+
+
+def test_a_sensor_entry_that_is_not_an_object_or_has_no_name_is_dropped():
+    status = parse_agent_message(frame({"type": "status", "sensors": {
+        "climate": 5, "": {"good": 1}, "x" * 500: {"good": 1}, "ok": {"good": 2}}}))
+    assert status.fields["sensors"] == {"ok": {"good": 2}}
+    assert len(status.dropped) == 3 and "sensors.climate" in status.dropped
+
+
+def test_a_status_names_at_most_so_many_sensors():
+    sensors = {f"s{i}": {"good": i} for i in range(protocol.MAX_STATUS_SENSORS + 10)}
+    status = parse_agent_message(frame({"type": "status", "sensors": sensors}))
+    assert len(status.fields["sensors"]) == protocol.MAX_STATUS_SENSORS
+    assert status.dropped == ("sensors",)
+    # Bad names count too, so what is checked and named stays bounded.
+    bad = {"x" * 200 + str(i): {"good": 1} for i in range(5_000)}
+    status = parse_agent_message(frame({"type": "status", "sensors": bad}))
+    assert status.fields["sensors"] == {}
+    assert len(status.dropped) == protocol.MAX_STATUS_SENSORS + 1
+
+
+def test_status_time_too_big_for_a_float_is_dropped_not_fatal():
+    status = parse_agent_message('{"type":"status","time":' + "9" * 400 + ',"uptime":3}')
+    assert status.fields == {"uptime": 3.0} and status.dropped == ("time",)
+
+
+@pytest.mark.parametrize("time,code", [
+    ("9" * 400, "not_finite"), ('"soon"', "bad_message"), ("true", "bad_message"),
+    ("[1]", "bad_message"), ("{}", "bad_message"), ("1e999", "not_finite"),
+])
+def test_hello_time_of_the_wrong_type_or_not_finite_is_refused(time, code):
+    body = frame(HELLO)[:-1] + ',"time":' + time + "}"
+    with pytest.raises(ProtocolError) as caught:
+        parse_agent_message(body)
+    assert (caught.value.code, caught.value.close_code) == (code, CloseCode.INVALID_DATA)
+
+
+def test_hello_time_is_a_float_even_when_sent_as_a_large_integer():
+    hello = parse_agent_message(frame({**HELLO, "time": 10**300}))
+    assert type(hello.time) is float and hello.time == 1e300
+
+
 @pytest.mark.parametrize("message", [
     Hello("pi-1", "e", "1", time=5.0), Readings([Reading(1, "s", "m", 1.0, "", 2.0)]), Bye(),
     Status({"uptime": 1}),

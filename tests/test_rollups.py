@@ -185,8 +185,10 @@ def test_retention_deletes_only_whole_buckets_older_than_both_cutoffs(storage_ur
         # A reading every 10 minutes over the 30 days before `now`, and one just now.
         now = NOW + 1234.5
         rows = [(seq, "s", "m", float(seq), "u", now - seq * 600) for seq in range(1, 30 * 144)]
+        # Received a month ago: retention keeps a reading until it was received long
+        # enough ago too (`received`), and here its ts alone decides.
         storage.store([Batch("a", "e", rows), Batch("a", "e2", [(1, "s", "m", 0.0, "u", now - 1)])],
-                      now)
+                      now - 30 * DAY)
 
         def raw_oldest() -> float:
             return min(r[7] for r in storage.iter_readings(ReadingQuery()))

@@ -290,7 +290,7 @@ def test_connections_past_the_limit_get_503(make_collector):
     wait_until(lambda: handshake(collector, TOKENS["pi-3"]) == 101, 10,
                what="a connection once the others closed")
     metrics = collector.get("/metrics")[1].decode()
-    assert "sensor_edge_connections_refused_total 1.0" in metrics
+    assert 'sensor_edge_connections_refused_total{limit="max_connections"} 1.0' in metrics
 
 
 def test_api_token_guards_the_read_api_and_the_live_feed(make_collector):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 
 from sensor_edge.contract.protocol import (
+    STATUS_FIELDS,
     Ack,
     Bye,
     Error,
@@ -18,6 +20,7 @@ from sensor_edge.contract.protocol import (
     Welcome,
     encode,
 )
+from sensor_edge.contract.status import AgentStatus, SensorHealth
 from sensor_edge.contract.session import (
     Acked,
     AgentSession,
@@ -119,11 +122,13 @@ def test_an_error_after_welcome_is_reported_not_raised():
 
 def test_bye_is_last():
     session = welcomed()
-    assert json.loads(session.status({"uptime": 1.0})) == {"type": "status", "uptime": 1.0}
+    frame = json.loads(session.status(AgentStatus(uptime=1.0, sensors={"s": SensorHealth(good=2)})))
+    assert frame["type"] == "status" and frame["uptime"] == 1.0
+    assert frame["sensors"]["s"]["good"] == 2
     assert json.loads(session.bye()) == {"type": "bye"}
     assert not session.window_open
     with pytest.raises(RuntimeError):
-        session.status({"uptime": 2.0})
+        session.status(AgentStatus(uptime=2.0))
 
 
 def test_the_two_ends_talk_through_frames_alone():
@@ -143,7 +148,27 @@ def test_the_two_ends_talk_through_frames_alone():
             stored += message.readings
             agent.receive(encode(Ack(message.last_seq)))
     assert stored == rows(1, 7) and agent.acked == 7
-    assert isinstance(collector.receive(agent.status({"uptime": 3.0})), Status)
+    sent = AgentStatus(uptime=3.0, buffer_depth=4, clock_synced=True,
+                       sensors={"climate": SensorHealth(good=5, failures={"checksum": 1})})
+    received = collector.receive(agent.status(sent))
+    assert isinstance(received, Status) and received.status == sent
     assert collector.receive(agent.bye()) == Bye()
     with pytest.raises(ProtocolError):
         collector.receive(agent.hello())  # nothing after bye
+
+
+def test_the_status_type_and_the_protocols_checks_name_the_same_fields():
+    """One shape: every field of AgentStatus is checked on the wire and comes through."""
+    assert {f.name for f in fields(AgentStatus)} == set(STATUS_FIELDS)
+    full = AgentStatus(
+        time=1.5, uptime=2.5, version="1", backend="mock", buffer_depth=3,
+        buffer_oldest_age=4.5, dropped=5, sent=6, cpu_temperature=47.5, clock_synced=False,
+        sensors={"c": SensorHealth(good=1, failed=2, consecutive_failures=1,
+                                   failures={"checksum": 2}, last_error="bad", held_back=3)})
+    assert None not in [getattr(full, f.name) for f in fields(AgentStatus)]
+    agent = AgentSession("pi-1", "e1", "0.1.0", window=1)
+    collector = CollectorSession("pi-1")
+    collector.receive(agent.hello())
+    agent.receive(encode(Welcome(0, 1.0)))
+    received = collector.receive(agent.status(full))
+    assert received.dropped == () and received.status == full

@@ -106,11 +106,12 @@ def test_units_notify_never_give_up_and_own_their_directories(name, state_file):
     assert s["CapabilityBoundingSet"] == [""]
 
 
-def test_agent_unit_grants_exactly_the_gpio_devices_and_waits_for_the_clock():
+def test_agent_unit_grants_exactly_the_gpio_i2c_spi_devices_and_waits_for_the_clock():
     s = unit_settings("sensor-agent")
-    assert s["SupplementaryGroups"] == ["gpio"]
+    assert s["SupplementaryGroups"] == ["gpio i2c spi"]
     assert s["DevicePolicy"] == ["closed"]
-    assert sorted(s["DeviceAllow"]) == ["/dev/gpiomem rw", "char-gpiochip rw"]
+    assert sorted(s["DeviceAllow"]) == ["/dev/gpiomem rw", "char-gpiochip rw", "char-i2c rw",
+                                        "char-spi rw"]
     assert "time-sync.target" in s["After"]
     # It reports clock_synced from adjtimex, which ProtectClock= would forbid.
     assert "adjtimex" in s["SystemCallFilter"] and "ProtectClock" not in s
@@ -283,7 +284,8 @@ def test_installer_test_mode_writes_units_and_configs_and_runs_nothing(tmp_path)
         "etc/systemd/system/sensor-collector.service"])
     commands = would_run(result.stdout)
     assert "python3 -m venv --system-site-packages /opt/sensor-edge/venv" in commands
-    assert f"/opt/sensor-edge/venv/bin/pip install --quiet --upgrade {REPO}[dht]" in commands
+    assert (f"/opt/sensor-edge/venv/bin/pip install --quiet --upgrade {REPO}[dht,onewire,i2c]"
+            in commands)
     assert "systemctl enable sensor-agent.service" in commands
     assert "systemctl enable sensor-collector.service" in commands
     users = {c.split()[-1]: c for c in commands if c.startswith("useradd")}
@@ -292,7 +294,7 @@ def test_installer_test_mode_writes_units_and_configs_and_runs_nothing(tmp_path)
                                 check=False).returncode == 0
         assert (user in users) != exists
     if "sensor-agent" in users:
-        assert "--groups gpio" in users["sensor-agent"]
+        assert "--groups gpio,i2c,spi" in users["sensor-agent"]
         assert "--shell /usr/sbin/nologin" in users["sensor-agent"]
     if "sensor-collector" in users:
         assert "gpio" not in users["sensor-collector"]

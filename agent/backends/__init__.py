@@ -2,10 +2,11 @@
 
 Like gpiozero's pin factories, a backend is chosen once at start and the rest
 of the agent never asks which one it has. The hardware backend talks to the
-Pi's GPIO, DHT sensors and sysfs; the mock backend is its peer for laptops and
-tests: gpiozero's own MockFactory pins driven on a simulated schedule,
-simulated DHT sensors that drift and fail like real ones, and a simulated
-CPU temperature where sysfs has none.
+Pi's GPIO, DHT sensors, sysfs, the 1-Wire, I2C and SPI buses through each
+part's driver; the mock backend is its peer for laptops and tests: gpiozero's
+own MockFactory pins driven on a simulated schedule, simulated parts that
+drift and fail like real ones, and a simulated CPU temperature where sysfs
+has none.
 """
 
 from __future__ import annotations
@@ -23,6 +24,32 @@ CPU_TEMPERATURE_FILE = "/sys/class/thermal/thermal_zone0/temp"
 # adafruit_dht answers from its last measurement, good or failed (then the
 # previous value or None), until this long after that measurement began.
 DHT_CACHE_SECONDS = 2.0
+
+
+class SensorReadError(Exception):
+    """One failed read; ``kind`` groups failures for counting (timeout, checksum, ...)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class BusUnavailable(Exception):
+    """A bus that cannot be looked at (turned off, no permission); str() names the fix."""
+
+
+class Part(Protocol):
+    """One sensor on a bus (1-Wire, I2C, SPI), open through its driver.
+
+    ``read()`` blocks (the sampler runs it off the event loop) and returns the
+    type's metrics by name, or raises SensorReadError. A part never fails to
+    open for want of an answer on the bus: that is a failed read, counted, and
+    the part is looked for again on the next one.
+    """
+
+    def read(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
 
 
 class DHTDevice(Protocol):
@@ -55,6 +82,18 @@ class Backend(ABC):
     @abstractmethod
     def cpu_temperature(self) -> float:
         """The SoC temperature in C; raises OSError or ValueError when unreadable."""
+
+    @abstractmethod
+    def part(self, sensor: SensorConfig) -> Part:
+        """An open 1-Wire, I2C or SPI part; StartupError if its driver or bus is missing."""
+
+    @abstractmethod
+    def scan_w1(self) -> list[str]:
+        """The ids of the devices on the 1-Wire bus; BusUnavailable if there is none."""
+
+    @abstractmethod
+    def scan_i2c(self, bus: int) -> list[int]:
+        """The addresses that answer on I2C bus ``bus``; BusUnavailable if it cannot be used."""
 
     def digital_input(self, sensor: SensorConfig) -> Any:
         """A gpiozero input device on this backend's pin factory: a Button, or for a PIR

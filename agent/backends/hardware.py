@@ -1,16 +1,22 @@
-"""The real thing: gpiozero's pin factories, adafruit_dht over Blinka, sysfs."""
+"""The real thing: gpiozero's pin factories, adafruit_dht over Blinka, sysfs, and the
+1-Wire, I2C and SPI parts through their drivers (drivers.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from sensor_edge.config.model import SensorConfig
+from sensor_edge.config.sensor_types import SENSOR_TYPES
 from sensor_edge.runtime.service import StartupError
-from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, Backend, DHTDevice
+from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, Backend, BusUnavailable, DHTDevice, Part
+from sensor_edge.agent.backends.drivers import I2C_PARTS, W1_DEVICES, MCP3008Part, W1Thermometer, w1_devices
+from sensor_edge.agent.backends.i2c import I2CBus, i2c_device_path
 
 log = logging.getLogger("sensor_edge.agent.backend.hardware")
 
@@ -20,11 +26,17 @@ PIN_FACTORY_ENV = "GPIOZERO_PIN_FACTORY"
 class HardwareBackend(Backend):
     name = "hardware"
 
-    def __init__(self, pin_factory: str | None = None):
+    def __init__(self, pin_factory: str | None = None, w1_devices: Path = W1_DEVICES,
+                 open_smbus: Callable[[int], Any] | None = None):
+        """``w1_devices`` and ``open_smbus`` (bus number -> an smbus2.SMBus) are where the
+        1-Wire and I2C buses are; tests point them at fakes."""
         # The config's choice wins; else gpiozero's own variable; else gpiozero
         # tries lgpio first, which is the one that works on a Pi 5.
         self.pin_factory_name = pin_factory or os.environ.get(PIN_FACTORY_ENV) or None
         self._factory_made = False
+        self.w1_devices = w1_devices
+        self._open_smbus = open_smbus
+        self._i2c_buses: dict[int, I2CBus] = {}
 
     def _factory(self) -> Any:
         if not os.access(".", os.W_OK):
@@ -83,7 +95,55 @@ class HardwareBackend(Backend):
         with open(CPU_TEMPERATURE_FILE) as f:
             return int(f.read().strip()) / 1000.0
 
+    def part(self, sensor: SensorConfig) -> Part:
+        interface = SENSOR_TYPES[sensor.type].interface
+        if interface == "1-wire":
+            return W1Thermometer(sensor, self.w1_devices)
+        if interface == "spi":
+            return MCP3008Part(sensor, self._factory())
+        part_class = I2C_PARTS[sensor.type]
+        try:
+            bus = self.i2c_bus(sensor.bus)
+        except BusUnavailable as e:
+            raise StartupError(f"sensor {sensor.name!r}: {e}") from None
+        except ImportError:
+            raise StartupError(f"sensor {sensor.name!r}: reading a {sensor.type} needs smbus2: "
+                               "pip install 'sensor-edge[i2c]'") from None
+        return part_class(sensor, bus)
+
+    def i2c_bus(self, number: int) -> I2CBus:
+        """The open I2C bus ``number``, shared by its parts; BusUnavailable names the fix."""
+        bus = self._i2c_buses.get(number)
+        if bus is None:
+            try:
+                bus = I2CBus(number, self._open_smbus)
+            except FileNotFoundError:
+                hint = ("turn I2C on: sudo raspi-config nonint do_i2c 0, or dtparam=i2c_arm=on "
+                        "in /boot/firmware/config.txt, and reboot") if number == 1 else \
+                    "is this bus turned on in /boot/firmware/config.txt?"
+                raise BusUnavailable(f"no {i2c_device_path(number)}: {hint}") from None
+            except PermissionError:
+                raise BusUnavailable(f"no permission on {i2c_device_path(number)}: add the "
+                                     "user to the i2c group (the installer does)") from None
+            except OSError as e:
+                raise BusUnavailable(f"cannot open {i2c_device_path(number)}: {e}") from None
+            self._i2c_buses[number] = bus
+        return bus
+
+    def scan_w1(self) -> list[str]:
+        return w1_devices(self.w1_devices)
+
+    def scan_i2c(self, bus: int) -> list[int]:
+        try:
+            return self.i2c_bus(bus).scan()
+        except ImportError:
+            raise BusUnavailable("scanning I2C needs smbus2: pip install 'sensor-edge[i2c]'") \
+                from None
+
     def close(self) -> None:
+        for bus in self._i2c_buses.values():
+            bus.close()
+        self._i2c_buses.clear()
         if self._factory_made and self.pin_factory is not None:
             self.pin_factory.close()
 

@@ -2,8 +2,11 @@
 
 Digital inputs are real gpiozero devices on gpiozero's own MockFactory, so
 the code that runs on a Pi runs here too; a background thread drives their
-mock pins high and low on a random schedule. DHT sensors drift plausibly and
-fail about as often as real ones do, so the retry path runs in every demo.
+mock pins high and low on a random schedule. The MCP3008 is gpiozero's own
+MCP3008 too, talking SPI on those mock pins to a simulated chip. Every other
+part drifts plausibly, in its own resolution, and fails about as often and
+in the same words as the real one does (config/sensor_types.py says how), so
+the retry path runs in every demo. Nothing here needs a driver installed.
 """
 
 from __future__ import annotations
@@ -13,19 +16,124 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from gpiozero.pins.mock import MockSPIDevice
 
 from sensor_edge.config.model import SensorConfig
-from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend
+from sensor_edge.config.sensor_types import ADS1115_FULL_SCALE, MCP3008_VREF, SENSOR_TYPES, Simulation
+from sensor_edge.agent.backends import CPU_TEMPERATURE_FILE, DHT_CACHE_SECONDS, Backend, Part, SensorReadError
+from sensor_edge.agent.backends.drivers import MCP3008Part
 
 log = logging.getLogger("sensor_edge.agent.backend.mock")
 
-# Real DHT reads on a Pi fail this often (checksum errors, missed pulses).
-DHT_FAILURE_RATE = 0.15
-DHT_ERRORS = (
-    "Checksum did not validate. Try again.",
-    "A full buffer was not returned. Try again.",
-    "Received unplausible data. Try again.",
-)
+# SPI0's pins, BCM: where gpiozero's MCP3008 (port 0, device 0) talks.
+SPI0_CLOCK, SPI0_MOSI, SPI0_MISO, SPI0_CE0 = 11, 10, 9, 8
+
+
+class Walk:
+    """Values that wander like a real room's, as a type's Simulation says."""
+
+    def __init__(self, simulation: Simulation, rng: random.Random):
+        self.simulation = simulation
+        self._rng = rng
+        self.true = {m: c + rng.uniform(-1, 1) * simulation.spread.get(m, 0.0)
+                     for m, c in simulation.centre.items()}
+
+    def step(self) -> dict[str, float]:
+        """Move every value one step; return them as the part reports them."""
+        sim = self.simulation
+        for metric, value in self.true.items():
+            value += self._rng.gauss(0, sim.walk[metric]) + \
+                (sim.centre[metric] - value) * sim.pull
+            self.true[metric] = value
+        return {m: quantize(v, sim.resolution[m]) for m, v in self.true.items()}
+
+    def failure(self) -> SensorReadError | None:
+        """Now and then, one of the part's failures (None: this read goes well)."""
+        sim = self.simulation
+        if not sim.failures or self._rng.random() >= sim.failure_rate:
+            return None
+        failure = self._rng.choices(sim.failures, [f.weight for f in sim.failures])[0]
+        return SensorReadError(failure.kind, failure.message)
+
+
+def quantize(value: float, step: float) -> float:
+    """``value`` in whole steps of the part's resolution, as its registers hold it."""
+    return round(round(value / step) * step, 6)
+
+
+class SimulatedPart:
+    """A 1-Wire or I2C part: drifting values, the part's own failures, its own steps."""
+
+    def __init__(self, sensor: SensorConfig, rng: random.Random):
+        self.sensor = sensor
+        self._walk = Walk(SENSOR_TYPES[sensor.type].simulation, rng)
+        self._lock = threading.Lock()
+        if sensor.type == "ads1115":
+            # Steps and saturation follow the gain, as the real converter's do.
+            self._full_scale = ADS1115_FULL_SCALE[sensor.gain]
+            self._walk.simulation = replace(self._walk.simulation,
+                                            resolution={"voltage": self._full_scale / 32768})
+
+    def read(self) -> dict[str, float]:
+        with self._lock:
+            failure = self._walk.failure()
+            if failure is not None:
+                raise failure
+            values = self._walk.step()
+        if self.sensor.type == "ads1115":  # saturates at its codes -32768 and 32767
+            top = self._full_scale * 32767 / 32768
+            values["voltage"] = max(-self._full_scale, min(values["voltage"], top))
+        return values
+
+    def close(self) -> None:
+        pass
+
+
+class SimulatedMCP3008(MockSPIDevice):
+    """An MCP3008 on gpiozero's mock SPI pins, answering as its datasheet says.
+
+    The master sends a start bit (after any leading zeros), the single-ended
+    (1) or differential (0) bit and three channel bits; the chip then clocks
+    out a null bit and ten result bits, MSB first: 1024 * Vin / Vref, at most
+    1023. ``voltage(channel)`` gives each channel's input. Modelled on the
+    MockMCP3xxx of gpiozero's own tests.
+    """
+
+    def __init__(self, pin_factory, voltage: Callable[[int], float],
+                 vref: float = MCP3008_VREF):
+        super().__init__(SPI0_CLOCK, SPI0_MOSI, SPI0_MISO, SPI0_CE0, pin_factory=pin_factory)
+        self.voltage = voltage
+        self.vref = vref
+        self.state = "idle"
+        self.conversions: list[tuple[bool, int]] = []  # (single-ended, channel), for tests
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.state = "idle"
+
+    def on_bit(self) -> None:
+        if self.state == "idle":
+            if self.rx_buf[-1]:  # the start bit
+                self.state, self.rx_buf = "mode", []
+        elif self.state == "mode":
+            self.state = "single" if self.rx_buf[-1] else "diff"
+            self.rx_buf = []
+        elif self.state in ("single", "diff"):
+            if len(self.rx_buf) == 3:
+                self._convert(self.state == "single", self.rx_word())
+                self.state = "result"
+        elif self.state == "result" and not self.tx_buf:
+            self.state, self.rx_buf = "idle", []
+
+    def _convert(self, single: bool, channel: int) -> None:
+        self.conversions.append((single, channel))
+        vin = self.voltage(channel) if single else \
+            self.voltage(channel) - self.voltage(channel ^ 1)
+        code = min(1023, max(0, int(1024 * vin / self.vref)))
+        self.tx_word(code, 12)  # a sample bit, the null bit, then B9..B0
 
 
 class SimulatedDHT:
@@ -37,12 +145,9 @@ class SimulatedDHT:
     measurement raises RuntimeError.
     """
 
-    def __init__(self, kind: str, seed: int, failure_rate: float = DHT_FAILURE_RATE):
+    def __init__(self, kind: str, seed: int):
         self.kind = kind
-        self._rng = random.Random(seed)
-        self._failure_rate = failure_rate
-        self._true_temperature = 21.0 + self._rng.uniform(-3, 3)
-        self._true_humidity = 45.0 + self._rng.uniform(-10, 10)
+        self._walk = Walk(SENSOR_TYPES[kind].simulation, random.Random(seed))
         self._temperature: float | None = None
         self._humidity: float | None = None
         self._last_called = 0.0
@@ -57,17 +162,12 @@ class SimulatedDHT:
             if self._last_called and now - self._last_called <= DHT_CACHE_SECONDS:
                 return
             self._last_called = now
-            if self._rng.random() < self._failure_rate:
-                raise RuntimeError(self._rng.choice(DHT_ERRORS))
-            # A slow random walk, pulled back towards a comfortable room.
-            t = self._true_temperature
-            h = self._true_humidity
-            t += self._rng.gauss(0, 0.15) + (21.0 - t) * 0.02
-            h = min(99.0, max(5.0, h + self._rng.gauss(0, 0.5) + (45.0 - h) * 0.02))
-            self._true_temperature, self._true_humidity = t, h
-            # The DHT11 reports whole numbers.
-            digits = 1 if self.kind == "dht22" else 0
-            self._temperature, self._humidity = round(t, digits), round(h, digits)
+            failure = self._walk.failure()
+            if failure is not None:
+                raise RuntimeError(str(failure))  # as adafruit_dht reports every failure
+            values = self._walk.step()  # a DHT11 reports whole numbers, a DHT22 tenths
+            self._temperature = values["temperature"]
+            self._humidity = min(99.0, max(5.0, values["humidity"]))
 
     @property
     def temperature(self) -> float | None:
@@ -96,10 +196,41 @@ class MockBackend(Backend):
         self._inputs: list[tuple[int, str]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._cpu = 48.0
+        self._cpu = Walk(SENSOR_TYPES["cpu_temperature"].simulation, self._rng)
+        # What a scan of the simulated buses finds: the parts opened so far.
+        self._w1_ids: list[str] = []
+        self._i2c: dict[int, list[int]] = {}
+        self._mcp3008: SimulatedMCP3008 | None = None
+        self._mcp3008_inputs: dict[int, Walk] = {}
 
     def dht(self, sensor: SensorConfig) -> SimulatedDHT:
         return SimulatedDHT(sensor.type, seed=self._seed + (sensor.pin or 0))
+
+    def part(self, sensor: SensorConfig) -> Part:
+        rng = random.Random(f"{self._seed}:{sensor.name}")
+        interface = SENSOR_TYPES[sensor.type].interface
+        if interface == "spi":
+            self._mcp3008_inputs[sensor.channel] = Walk(SENSOR_TYPES["mcp3008"].simulation, rng)
+            if self._mcp3008 is None:  # before gpiozero takes the pins, as its tests do
+                self._mcp3008 = SimulatedMCP3008(self.pin_factory, self._mcp3008_input)
+            return MCP3008Part(sensor, self.pin_factory)
+        if interface == "1-wire":
+            self._w1_ids.append(sensor.address or f"28-{rng.getrandbits(48):012x}")
+        else:
+            self._i2c.setdefault(sensor.bus, []).append(sensor.address)
+        return SimulatedPart(sensor, rng)
+
+    def _mcp3008_input(self, channel: int) -> float:
+        walk = self._mcp3008_inputs.get(channel)
+        if walk is None:
+            return 0.0  # an input tied to ground
+        return min(MCP3008_VREF, max(0.0, walk.step()["voltage"]))
+
+    def scan_w1(self) -> list[str]:
+        return sorted(self._w1_ids)
+
+    def scan_i2c(self, bus: int) -> list[int]:
+        return sorted(self._i2c.get(bus, []))
 
     def digital_input(self, sensor: SensorConfig):
         device = super().digital_input(sensor)
@@ -110,8 +241,7 @@ class MockBackend(Backend):
         if os.path.exists(CPU_TEMPERATURE_FILE):
             with open(CPU_TEMPERATURE_FILE) as f:
                 return int(f.read().strip()) / 1000.0
-        self._cpu += self._rng.gauss(0, 0.3) + (48.0 - self._cpu) * 0.05
-        return round(self._cpu, 1)
+        return self._cpu.step()["temperature"]
 
     def drive(self, pin: int, active: bool) -> None:
         """Set a digital input as a person or a PIR would: motion high, a button pressed low."""
@@ -152,4 +282,6 @@ class MockBackend(Backend):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)
+        if self._mcp3008 is not None:
+            self._mcp3008.close()
         self.pin_factory.close()

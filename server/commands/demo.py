@@ -24,6 +24,14 @@ DEMO_SENSORS = [
     {"name": "motion", "type": "motion", "pin": 17},
     {"name": "door", "type": "button", "pin": 27, "interval": 60},
     {"name": "soc", "type": "cpu_temperature", "interval": 10},
+    # The parts Pi users move to from DHTs (docs/raspberry-pi.md), simulated like the real ones.
+    {"name": "tank", "type": "ds18b20", "interval": 5,
+     "filters": [{"offset": -0.2}, {"round": 2}]},
+    {"name": "room", "type": "bme280", "interval": 5},
+    {"name": "shelf", "type": "sht3x", "interval": 5},
+    {"name": "cellar", "type": "sht4x", "address": 0x45, "interval": 5},
+    {"name": "soil", "type": "mcp3008", "channel": 0, "interval": 5},
+    {"name": "battery", "type": "ads1115", "channel": 0, "interval": 5},
 ]
 
 

@@ -4,21 +4,24 @@ Rows come from :meth:`Storage.iter_readings` page by page and are written as
 they come, so exporting a year of readings takes as little memory as a day.
 The CSV shape is the same as `GET /api/readings.csv`. With ``--tier 1m|1h`` the
 rows are the 1-minute or 1-hour rollups instead (:meth:`Storage.iter_rollups`).
+
+A text cell a spreadsheet would run as a formula (a sensor named
+``=HYPERLINK(...)``) is neutralised by OWASP's rule for CSV injection: a single
+quote before it, and the cell quoted. Numbers are written as numbers, so a
+negative value stays -3.5.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from sensor_edge.server.outputs.formats import csv_lines, jsonl_lines
 from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
 from sensor_edge.server.storage.rollups import RAW, ROLLUP_COLUMNS, TIER_NAMES
 
@@ -51,31 +54,25 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
-def csv_lines(rows: Iterable[Sequence[Any]],
-              columns: Sequence[str] = READING_COLUMNS) -> Iterable[str]:
-    """A header line, then one CSV line per row (values in `columns` order)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(row)
-        # Hand lines on in small runs: the writer is fast, the buffer must stay small.
-        if buffer.tell() > 65536:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+class NeutralisedCells:
+    """Counts the cells an export neutralised, for one line at the end."""
 
+    EXAMPLES = 3
 
-def jsonl_lines(rows: Iterable[Sequence[Any]],
-                columns: Sequence[str] = READING_COLUMNS) -> Iterable[str]:
-    for row in rows:
-        yield json.dumps(dict(zip(columns, row)), separators=(",", ":")) + "\n"
+    def __init__(self) -> None:
+        self.cells = 0
+        self.texts: set[str] = set()
 
+    def __call__(self, text: str) -> None:
+        self.cells += 1
+        if len(self.texts) < 10_000:  # distinct texts, bounded
+            self.texts.add(text)
 
-def readings_csv(rows: list[dict[str, Any]], columns: Sequence[str] = READING_COLUMNS) -> str:
-    """`/api/readings` rows (dicts), or rollup rows with their columns, as a CSV document."""
-    return "".join(csv_lines([[r[c] for c in columns] for r in rows], columns))
+    def __str__(self) -> str:
+        examples = ", ".join(ascii(t) for t in sorted(self.texts)[:self.EXAMPLES])
+        return (f"{self.cells} cells ({len(self.texts)} distinct texts, e.g. {examples}) began "
+                "with =, +, -, @, tab or CR and were written with a leading ' so that no "
+                "spreadsheet runs them as formulas")
 
 
 class Progress:
@@ -114,9 +111,13 @@ class Progress:
 
 
 def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
-           progress: IO[str] | None = None, tier: str = RAW) -> int:
+           progress: IO[str] | None = None,
+           neutralised: Callable[[str], None] | None = None, tier: str = RAW) -> int:
     """Write every matching reading (or a tier's rollups) to ``out``; return how many
-    rows were written."""
+    rows were written.
+
+    ``neutralised``: told the text of each CSV cell that had a formula's start.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if tier not in TIER_NAMES:
@@ -149,8 +150,9 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
     try:
         rows = counted(storage.iter_readings(query) if tier == RAW
                        else storage.iter_rollups(query, tier))
-        lines = csv_lines if fmt == "csv" else jsonl_lines
-        for text in lines(rows, columns):
+        lines = csv_lines(rows, neutralised, columns) if fmt == "csv" \
+            else jsonl_lines(rows, columns)
+        for text in lines:
             out.write(text)
         out.flush()
     finally:
@@ -163,6 +165,7 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
 
 def main(args: Any, config_storage: str) -> int:
     """The `export` subcommand, given parsed arguments and the configured storage."""
+    formulas = NeutralisedCells()
     try:
         query = ReadingQuery(
             agent=args.agent,
@@ -171,13 +174,15 @@ def main(args: Any, config_storage: str) -> int:
         )
         progress = sys.stderr if sys.stderr.isatty() else None
         if args.out in (None, "-"):
-            export(config_storage, query, args.format, sys.stdout, progress, args.tier)
+            export(config_storage, query, args.format, sys.stdout, progress, formulas,
+                   args.tier)
         else:
             # Written aside and renamed when complete: a half export never looks whole.
             partial = args.out + ".part"
             try:
                 with open(partial, "w", encoding="utf-8", newline="") as out:
-                    export(config_storage, query, args.format, out, progress, args.tier)
+                    export(config_storage, query, args.format, out, progress, formulas,
+                           args.tier)
                 os.replace(partial, args.out)
             except OSError as e:
                 raise ExportError(f"cannot write {args.out}: {e.strerror or e}") from None
@@ -192,4 +197,6 @@ def main(args: Any, config_storage: str) -> int:
         # stdout at /dev/null so the flush at exit does not fail a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    if formulas.cells:
+        print(f"sensor-collector export: {formulas}", file=sys.stderr)
     return 0

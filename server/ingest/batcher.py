@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from sensor_edge.contract.protocol import Reading
 from sensor_edge.server.storage import Batch, Storage
 
 log = logging.getLogger("sensor_edge.collector.batcher")
@@ -25,10 +26,21 @@ MAX_GROUP_ROWS = 50_000
 
 class Batcher:
     def __init__(self, storage: Storage, executor: ThreadPoolExecutor,
-                 on_commit: Callable[[list[Batch], list[int], float], None] | None = None):
+                 on_commit: Callable[[list[Batch], list[int], float], None] | None = None,
+                 on_commit_failed: Callable[[], None] | None = None,
+                 on_conflicting: Callable[[int], None] | None = None):
         self._storage = storage
         self._executor = executor
+        # Told of every commit (counters, the live feed, MQTT): it runs on the event
+        # loop between the commit and the acks, so a failure in it is contained here,
+        # and counted with on_commit_failed.
         self._on_commit = on_commit
+        self._on_commit_failed = on_commit_failed
+        self._on_commit_failures = 0
+        # Told how many readings a commit's batches resent with other values.
+        self._on_conflicting = on_conflicting
+        # (agent, epoch) -> batches seen resending readings with other values.
+        self._conflicts: dict[tuple[str, str], int] = {}
         self._queue: asyncio.Queue[tuple[Batch, asyncio.Future[int]] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -41,6 +53,10 @@ class Batcher:
         Futures resolve in submission order, so a connection can ack in order.
         """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # A failed commit is logged once, here; its waiters may be gone (their
+        # connection closed), and each of their futures would otherwise log a
+        # "Future exception was never retrieved" traceback of its own.
+        future.add_done_callback(_consider_retrieved)
         self._queue.put_nowait((batch, future))
         return future
 
@@ -71,8 +87,8 @@ class Batcher:
             batches = [batch for batch, _ in group]
             started = time.monotonic()
             try:
-                added = await loop.run_in_executor(
-                    self._executor, self._storage.store, batches, time.time())
+                added, conflicts = await loop.run_in_executor(
+                    self._executor, self._store, batches, time.time())
             except Exception as e:  # a full disk, a locked database: fail these, keep serving
                 log.error("commit of %d readings failed: %s", rows, e)
                 # Everything queued behind them fails too: stored after an earlier batch
@@ -88,8 +104,66 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            for batch, found in conflicts:
+                self._conflicting(batch, found)
             if self._on_commit is not None:
-                self._on_commit(batches, added, time.monotonic() - started)
+                self._committed(batches, added, time.monotonic() - started)
             for (_, future), count in zip(group, added):
                 if not future.done():
                     future.set_result(count)
+
+    def _store(self, batches: list[Batch], now: float
+               ) -> tuple[list[int], list[tuple[Batch, list[tuple[Reading, Reading]]]]]:
+        """On the writer thread: the commit, then, for a batch that had duplicates
+        only (the hot path pays nothing), whether they were the readings stored."""
+        added = self._storage.store(batches, now)
+        conflicts = []
+        for batch, count in zip(batches, added):
+            if count < len(batch.rows):
+                try:
+                    found = self._storage.differing_duplicates(batch)
+                except Exception as e:  # the commit stands; only this check is lost
+                    log.warning("could not compare resent readings with the stored ones: %s", e)
+                    continue
+                if found:
+                    conflicts.append((batch, found))
+        return added, conflicts
+
+    def _conflicting(self, batch: Batch, found: list[tuple[Reading, Reading]]) -> None:
+        """Count and log readings resent under a stored seq with other values."""
+        if self._on_conflicting is not None:
+            self._on_conflicting(len(found))
+        key = (batch.agent, batch.epoch)
+        seen = self._conflicts[key] = self._conflicts.get(key, 0) + 1
+        if seen == 1 or seen % 100 == 0:  # two machines on one buffer keep at it
+            stored, received = found[0]
+            log.warning("agent %s epoch %s: %d readings resent with values that differ from "
+                        "the stored ones, which are kept (seq %d: stored %s, received %s)%s; "
+                        "two machines sending with one buffer (a cloned SD card)?",
+                        batch.agent, batch.epoch, len(found), stored[0], _describe(stored),
+                        _describe(received), "" if seen == 1 else f"; {seen} such batches so far")
+
+    def _committed(self, batches: list[Batch], added: list[int], seconds: float) -> None:
+        """Call on_commit; if it raises, the acks still go out (the rows are stored)."""
+        try:
+            self._on_commit(batches, added, seconds)
+        except Exception:
+            self._on_commit_failures += 1
+            if self._on_commit_failed is not None:
+                self._on_commit_failed()
+            # Whole the first time; then a line now and then (it would repeat every commit).
+            if self._on_commit_failures == 1:
+                log.exception("after a commit: a counter, the live feed or an output failed; "
+                              "acks go on")
+            elif self._on_commit_failures % 1000 == 0:
+                log.error("after a commit: failed %d times so far", self._on_commit_failures)
+
+
+def _describe(row: Reading) -> str:
+    _seq, sensor, metric, value, unit, ts = row
+    return f"{sensor} {metric} {value!r} {unit} ts {ts!r}"
+
+
+def _consider_retrieved(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()

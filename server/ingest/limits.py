@@ -1,8 +1,8 @@
-"""What one peer may cost the collector: a reading rate, and failed logins.
+"""What one peer may cost the collector: a reading rate, failed logins, connections.
 
 Plain objects with the clock passed in, so they are tested with function
 calls; the connection and HTTP code decide what to do with their answers
-(slow a stream down, delay a 401).
+(slow a stream down, delay a 401, refuse a handshake with 503).
 """
 
 from __future__ import annotations
@@ -65,3 +65,54 @@ class FailedLogins:
 
     def __len__(self) -> int:
         return len(self._failures)
+
+
+class ConnectionBudget:
+    """Open WebSocket connections, counted in two budgets that never mix.
+
+    Agents (``/v1/stream``) may hold ``max_agents`` in all and ``per_agent`` each;
+    browsers (``/v1/live``) ``max_live``. Browsers need no token by default, so
+    they get a budget of their own: however many there are, agents still get in.
+    A handshake takes its place before it is answered and gives it back when its
+    connection ends, so a burst of handshakes cannot overshoot.
+    """
+
+    def __init__(self, max_agents: int, per_agent: int, max_live: int):
+        self.max_agents = max_agents
+        self.per_agent = per_agent
+        self.max_live = max_live
+        self.agents = 0
+        self.live = 0
+        self._held: dict[str, int] = {}
+
+    def take_agent(self, agent_id: str) -> str | None:
+        """Count one more connection of this agent; None, or the limit it would pass."""
+        if self.agents >= self.max_agents:
+            return "max_connections"
+        held = self._held.get(agent_id, 0)
+        if held >= self.per_agent:
+            return "max_connections_per_agent"
+        self._held[agent_id] = held + 1
+        self.agents += 1
+        return None
+
+    def release_agent(self, agent_id: str) -> None:
+        held = self._held.get(agent_id, 0) - 1
+        if held > 0:
+            self._held[agent_id] = held
+        else:
+            self._held.pop(agent_id, None)
+        self.agents = max(0, self.agents - 1)
+
+    def held(self, agent_id: str) -> int:
+        return self._held.get(agent_id, 0)
+
+    def take_live(self) -> str | None:
+        """Count one more browser; None, or the limit it would pass."""
+        if self.live >= self.max_live:
+            return "max_live_connections"
+        self.live += 1
+        return None
+
+    def release_live(self) -> None:
+        self.live = max(0, self.live - 1)

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
@@ -31,22 +30,17 @@ log = logging.getLogger("sensor_edge.collector.live")
 LIVE_PATH = "/v1/live"
 # How often browsers get the agents' state (last seen, stale, status) again.
 AGENTS_EVERY = 2.0
-# A browser this far behind is cut off; it reconnects and reloads its history.
+# The most a browser may have waiting unsent on the collector: a message that
+# would take it past this is not queued; the browser is dropped instead (it
+# reconnects and reloads its history). One that has read everything always gets
+# the next message.
 MAX_UNSENT_BYTES = 4 * 1024 * 1024
-
-
-def same_origin(origin: str | None, host: str | None) -> bool:
-    """May a handshake with this `Origin` use the feed of the server at `Host`?
-
-    No Origin: not a browser (curl, a script), which could forge one anyway.
-    A browser always sends it, and it must name this very host and port.
-    """
-    if origin is None:
-        return True
-    if not host:
-        return False
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
+# One commit's readings go out in messages of at most this many (about 150 KB),
+# so no single message comes near that bound.
+READINGS_PER_MESSAGE = 1000
+# A dropped browser gets this long to read its backlog and the close frame that
+# says why, before its socket (and whatever it still holds) is cut.
+DROP_GRACE = 5.0
 
 
 class LiveFeed:
@@ -55,14 +49,16 @@ class LiveFeed:
         self._metrics = metrics
         self._clients: set[ServerConnection] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._dropping: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick(), name="live-agents")
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        tasks = [*self._dropping, *([self._ticker] if self._ticker is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def serve(self, ws: ServerConnection) -> None:
         """One browser, from handshake to close."""
@@ -87,27 +83,49 @@ class LiveFeed:
             for seq, sensor, metric, value, unit, ts in batch.new_rows(count):
                 readings.append(dict(zip(READING_COLUMNS, (
                     batch.agent, batch.epoch, seq, sensor, metric, value, unit, ts))))
-        if readings:
-            self._broadcast(json.dumps({"type": "readings", "readings": readings},
-                                       separators=(",", ":")))
+        for start in range(0, len(readings), READINGS_PER_MESSAGE):
+            self._broadcast(json.dumps(
+                {"type": "readings", "readings": readings[start:start + READINGS_PER_MESSAGE]},
+                separators=(",", ":")))
 
     def _agents_message(self) -> str:
         return json.dumps({"type": "agents", "time": time.time(),
                            "agents": self._agents.as_json()}, separators=(",", ":"))
 
     def _broadcast(self, message: str) -> None:
+        # broadcast() has no backpressure: a browser that does not read would hold
+        # every message. It gets this one only if its backlog stays within the bound,
+        # or if it has none (an agents snapshot of a very large fleet may be bigger).
+        size = len(message)  # JSON with ensure_ascii: one byte a character
         ready = []
         for ws in list(self._clients):
-            transport = ws.transport
-            if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
-                # broadcast() has no backpressure: drop a browser that cannot keep up
-                # (a close frame would queue behind the backlog, so cut the socket).
-                log.warning("live client %s is too slow; dropping it", ws.remote_address)
-                self._clients.discard(ws)
-                transport.abort()
-                continue
-            ready.append(ws)
+            waiting = ws.transport.get_write_buffer_size() if ws.transport is not None else 0
+            if waiting and waiting + size > MAX_UNSENT_BYTES:
+                self._drop(ws)
+            else:
+                ready.append(ws)
         broadcast(ready, message)
+
+    def _drop(self, ws: ServerConnection) -> None:
+        """Send a browser that fell behind nothing more, and close it with a reason."""
+        self._clients.discard(ws)
+        self._metrics.live_clients_dropped.inc()
+        log.warning("live client %s fell more than %d MiB behind; dropping it",
+                    ws.remote_address, MAX_UNSENT_BYTES // (1024 * 1024))
+        task = asyncio.create_task(self._close_slow(ws), name="live-drop")
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    async def _close_slow(self, ws: ServerConnection) -> None:
+        try:
+            # 1013 "try again later": the close frame queues behind the backlog.
+            async with asyncio.timeout(DROP_GRACE):
+                await ws.close(1013, "too slow: fell behind the live feed")
+        except TimeoutError:
+            pass
+        finally:
+            if ws.transport is not None:
+                ws.transport.abort()  # frees the backlog, if the close did not
 
     async def _tick(self) -> None:
         while True:

@@ -7,8 +7,10 @@ off the event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -36,6 +38,13 @@ class Batch:
         return self.rows[len(self.rows) - added:] if added > 0 else []
 
 
+def differing(received: list[Reading], stored: list[Reading]) -> list[tuple[Reading, Reading]]:
+    """(stored, received) for each received reading whose seq is stored with other values."""
+    by_seq = {row[0]: row for row in stored}
+    return [(by_seq[row[0]], row) for row in received
+            if row[0] in by_seq and by_seq[row[0]] != row]
+
+
 @dataclass(frozen=True)
 class ReadingQuery:
     agent: str | None = None
@@ -50,11 +59,19 @@ class Storage(Protocol):
     def store(self, batches: list[Batch], now: float) -> list[int]:
         """Store every batch in one transaction; return how many rows each added."""
 
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        """(stored, received) for each reading of ``batch`` already stored with other
+        values: the same (agent, epoch, seq) read twice, by two machines. Called
+        only for a batch that had duplicates, after its commit."""
+
     def acked(self, agent: str, epoch: str) -> int:
         """The highest seq stored for this agent and epoch (0 if none)."""
 
-    def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
-        """The newest `limit` readings that match, ordered by ts ascending."""
+    def newest_window(self, query: ReadingQuery) -> tuple[float, int] | None:
+        """Where the newest ``query.limit`` matching readings begin, for :func:`iter_newest`:
+        the ts of the oldest of them, and how many matching readings have a ts at
+        least that (more than ``limit`` when others share that ts). None when no
+        more than ``limit`` readings match."""
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent that ever stored a reading: id, last_seen, readings."""
@@ -69,8 +86,10 @@ class Storage(Protocol):
         """
 
     def delete_older_than(self, cutoff: float, limit: int) -> int:
-        """Delete up to ``limit`` readings with ``ts < cutoff`` in one short
-        transaction; return how many were deleted (fewer than ``limit``: done).
+        """Delete up to ``limit`` readings read (``ts``) and received before
+        ``cutoff`` in one short transaction; return how many were deleted (fewer
+        than ``limit``: done). Rows stored before received times were kept go by
+        ``ts`` alone.
 
         Called from the writer thread between commits; the per-epoch acked seq
         is kept, so an agent is never asked to resend an expired reading.
@@ -109,7 +128,33 @@ class Storage(Protocol):
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         """Every receiver has that transition's notification."""
 
+    def ha_entity_ids(self) -> list[tuple]:
+        """Every Home Assistant id given so far (server/storage/ha_entity_ids.py)."""
+
+    def claim_ha_entity_ids(self, proposals: list[tuple]) -> list[tuple]:
+        """Store the proposed ids whose name and ``unique_id`` are both free; the stored
+        rows of each proposal's name and ``unique_id`` holder (a lost race: the winner's)."""
+
     def close(self) -> None: ...
+
+
+def iter_newest(storage: Storage, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
+    """The newest ``query.limit`` readings that match, oldest first.
+
+    Tuples in :meth:`Storage.iter_readings` order, read page by page like it, so
+    memory stays flat however large the limit.
+    """
+    window = storage.newest_window(query)
+    if window is None:
+        rows, skip, stop = storage.iter_readings(query, chunk), 0, None
+    else:
+        start, matching = window
+        rows = storage.iter_readings(replace(query, since=start), chunk)
+        # Readings that share the window's first ts come in key order: the first
+        # of them are the oldest, those past `limit` stay out.
+        skip, stop = matching - query.limit, matching
+    with closing(rows):
+        yield from islice(rows, skip, stop)
 
 
 def safe_url(url: str) -> str:

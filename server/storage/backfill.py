@@ -1,6 +1,6 @@
 """Rolls up the readings stored before the rollups existed, a step at a time.
 
-A database from before schema version 3 has readings and no rollups of them.
+A database from before schema version 5 has readings and no rollups of them.
 Each step (:func:`rollup_tables.backfill_step`) rolls up the next readings by
 primary key in one short transaction on the storage writer's thread, so ingest
 commits queue behind one step at most and agents keep streaming meanwhile; the

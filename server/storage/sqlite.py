@@ -5,16 +5,29 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from itertools import chain
 from typing import Any
 
+from sensor_edge.contract.protocol import Reading
 from sensor_edge.server.storage import (
-    READING_COLUMNS, Batch, ReadingQuery, alert_state, rollup_tables, rollups)
+    READING_COLUMNS,
+    Batch,
+    ReadingQuery,
+    alert_state,
+    differing,
+    ha_entity_ids,
+    rollup_tables,
+    rollups,
+)
 from sensor_edge.server.storage.rollup_tables import SQLITE
 from sensor_edge.server.storage.rollups import TIERS, CommitRollups, SeriesQuery
 
-SCHEMA_VERSION = 3
+# 2: alert_state. 3: ha_entity_ids. 4: readings.received (retention keys on it
+# too), added to an older file on open. 5: rollups.
+SCHEMA_VERSION = 5
 # The same columns for each tier; WITHOUT ROWID: the rows are kept in (series, bucket) order.
 _ROLLUP_TABLES = "".join(f"""
 CREATE TABLE IF NOT EXISTS {table} (
@@ -36,6 +49,8 @@ CREATE TABLE IF NOT EXISTS readings (
     value REAL NOT NULL,
     unit TEXT NOT NULL,
     ts REAL NOT NULL,
+    -- version 4: when the collector stored it (its own clock); NULL in older rows
+    received REAL,
     PRIMARY KEY (agent, epoch, seq)
 );
 CREATE INDEX IF NOT EXISTS readings_by_time ON readings (ts);
@@ -65,7 +80,16 @@ CREATE TABLE IF NOT EXISTS alert_state (
     notified INTEGER NOT NULL,
     PRIMARY KEY (rule, agent, sensor, metric)
 );
--- Version 3: rollups (server/storage/rollups.py, rollup_tables.py).
+-- Version 3: Home Assistant ids (server/storage/ha_entity_ids.py).
+CREATE TABLE IF NOT EXISTS ha_entity_ids (
+    agent TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    unique_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (agent, sensor, metric)
+);
+-- Version 5: rollups (server/storage/rollups.py, rollup_tables.py).
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
     agent TEXT NOT NULL,
@@ -82,14 +106,42 @@ CREATE TABLE IF NOT EXISTS rollup_backfill (
     epoch TEXT,
     seq INTEGER
 );
--- Readings stored before version 3 are the backfill's; a new database has none.
+-- Readings stored before version 5 are the backfill's; a new database has none.
 INSERT OR IGNORE INTO rollup_backfill (id, done) SELECT 1, NOT EXISTS (SELECT 1 FROM readings);
 """
 
-_INSERT = (
-    "INSERT OR IGNORE INTO readings (agent, epoch, seq, sensor, metric, value, unit, ts) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
+# Rows per INSERT statement at most. One statement of many rows, not executemany()
+# of one row each: sqlite3 releases and retakes the GIL around every statement's
+# step, and the event loop waits for it each time (a quarter of the writer's time
+# at one row a step). Powers of two below it: 8 statement shapes, all kept in
+# sqlite3's statement cache. 128 rows are 771 parameters, under the 999 that
+# SQLite before 3.32 allows.
+_ROWS_PER_INSERT = 128
+
+
+def _insert_sql(rows: int) -> str:
+    """INSERT OR IGNORE of ``rows`` readings; ?1, ?2, ?3 (agent, epoch, received) are
+    shared by every row, then each row's six fields in protocol.Reading order."""
+    values = ",".join(f"(?1,?2,?{4 + 6 * i},?{5 + 6 * i},?{6 + 6 * i},?{7 + 6 * i},"
+                      f"?{8 + 6 * i},?{9 + 6 * i},?3)" for i in range(rows))
+    return ("INSERT OR IGNORE INTO readings "
+            f"(agent, epoch, seq, sensor, metric, value, unit, ts, received) VALUES {values}")
+
+
+_INSERTS = {1 << n: _insert_sql(1 << n) for n in range(_ROWS_PER_INSERT.bit_length())}
+
+
+def _insert(db: sqlite3.Connection, agent: str, epoch: str, rows: list[Reading],
+            now: float) -> None:
+    """One batch's rows, in a few multi-row statements (a batch of 50: 32 + 16 + 2)."""
+    done, total = 0, len(rows)
+    while done < total:
+        left = total - done
+        size = _ROWS_PER_INSERT if left >= _ROWS_PER_INSERT else 1 << (left.bit_length() - 1)
+        # The parameters built in C: no Python step per row.
+        db.execute(_INSERTS[size], (agent, epoch, now, *chain.from_iterable(
+            rows[done:done + size])))
+        done += size
 
 
 class SQLiteStorage:
@@ -107,12 +159,16 @@ class SQLiteStorage:
         self._lock = threading.Lock()
         db = self._connection()
         # One transaction: the backfill's starting point is decided with the tables made.
+        # The script's BEGIN stays open for the column check after it.
         try:
-            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; "
-                             f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA}")
+            columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
+            if "received" not in columns:  # a file from before version 4
+                db.execute("ALTER TABLE readings ADD COLUMN received REAL")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            _roll_back(db)
             raise
 
     def _connection(self) -> sqlite3.Connection:
@@ -139,7 +195,7 @@ class SQLiteStorage:
             yield db
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _roll_back(db)
             self._series_ids.rolled_back()
             raise
         self._series_ids.committed()
@@ -156,7 +212,7 @@ class SQLiteStorage:
             for batch in batches:
                 before = db.total_changes
                 agent, epoch = batch.agent, batch.epoch
-                db.executemany(_INSERT, [(agent, epoch, *row) for row in batch.rows])
+                _insert(db, agent, epoch, batch.rows, now)
                 count = db.total_changes - before
                 added.append(count)
                 per_agent[agent] = per_agent.get(agent, 0) + count
@@ -181,6 +237,12 @@ class SQLiteStorage:
             if commit_rollups:
                 rollup_tables.upsert(db, SQLITE, self._series_ids, commit_rollups)
         return added
+
+    def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
+        stored = self._connection().execute(
+            _STORED_ROWS, (batch.agent, batch.epoch, batch.rows[0][0], batch.rows[-1][0])
+        ).fetchall()
+        return differing(batch.rows, stored)
 
     def _backfill_state(self, db: sqlite3.Connection) -> rollup_tables.Backfill:
         if self._backfilled:
@@ -229,15 +291,8 @@ class SQLiteStorage:
         ).fetchone()
         return row[0] if row else 0
 
-    def readings(self, query: ReadingQuery) -> list[dict[str, Any]]:
-        where, args = _filters(query)
-        sql = _SELECT
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        # The newest `limit`, handed back oldest first.
-        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
-        rows = self._connection().execute(sql, (*args, query.limit)).fetchall()
-        return [dict(zip(READING_COLUMNS, row)) for row in reversed(rows)]
+    def newest_window(self, query: ReadingQuery) -> tuple[float, int] | None:
+        return _newest_window(self._connection().execute, query)
 
     def iter_readings(self, query: ReadingQuery, chunk: int = 5000) -> Iterator[tuple]:
         where, args = _filters(query)
@@ -262,8 +317,8 @@ class SQLiteStorage:
     def delete_older_than(self, cutoff: float, limit: int) -> int:
         with self._writing() as db:
             return db.execute(
-                "DELETE FROM readings WHERE rowid IN "
-                "(SELECT rowid FROM readings WHERE ts < ? LIMIT ?)", (cutoff, limit)).rowcount
+                "DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings "
+                f"WHERE {EXPIRED} LIMIT ?)", (cutoff, cutoff, limit)).rowcount
 
     def agents(self) -> list[dict[str, Any]]:
         rows = self._connection().execute(
@@ -282,6 +337,20 @@ class SQLiteStorage:
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         alert_state.mark_notified(self._connection(), "?", key, state, since)
 
+    def ha_entity_ids(self) -> list[tuple]:
+        return ha_entity_ids.load(self._connection())
+
+    def claim_ha_entity_ids(self, proposals: list[tuple]) -> list[tuple]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            winners = ha_entity_ids.claim(db, "?", proposals)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return winners
+
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []
@@ -292,7 +361,43 @@ class SQLiteStorage:
                 pass
 
 
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Roll back a failed transaction, if SQLite has not already.
+
+    On SQLITE_FULL, SQLITE_IOERR and a few others SQLite rolls back by itself;
+    a ROLLBACK then would raise "no transaction is active" and hide the real error.
+    """
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 _SELECT = f"SELECT {', '.join(READING_COLUMNS)} FROM readings"
+# What retention deletes: read and received before the cutoff. The ts index
+# finds them; a reading stamped near 1970 by a Pi before time sync waits until
+# it was received long enough ago. Rows from before `received` go by ts alone.
+# (PostgreSQL's driver writes each ? as %s.)
+EXPIRED = "ts < ? AND (received < ? OR received IS NULL)"
+# The rows of one agent epoch's seq range, shaped like a batch's (protocol.Reading).
+_STORED_ROWS = ("SELECT seq, sensor, metric, value, unit, ts FROM readings "
+                "WHERE agent = ? AND epoch = ? AND seq BETWEEN ? AND ?")
+
+
+def _newest_window(execute: Callable[..., Any], query: ReadingQuery,
+                   mark: str = "?") -> tuple[float, int] | None:
+    """:meth:`Storage.newest_window` with a driver's ``execute`` (sqlite3's or psycopg's)."""
+    where, args = _filters(query, mark)
+    # ORDER BY ts alone walks the ts index; the full key would sort every match.
+    found = execute(f"SELECT ts FROM readings{_where(where)} ORDER BY ts DESC "
+                    f"LIMIT 1 OFFSET {mark}", (*args, query.limit - 1)).fetchone()
+    if found is None:
+        return None
+    where, args = _filters(replace(query, since=found[0]), mark)
+    (matching,) = execute(f"SELECT count(*) FROM readings{_where(where)}", args).fetchone()
+    return found[0], matching
+
+
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 
 def _filters(query: ReadingQuery, mark: str = "?") -> tuple[list[str], list[Any]]:

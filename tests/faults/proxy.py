@@ -4,12 +4,15 @@ It runs its own asyncio loop on a thread, listens on 127.0.0.1, and forwards
 both ways. It can stall (stop forwarding, connections stay up), cut (abort
 every connection, both sides see a reset), refuse new connections, cut in
 the middle of the next `readings` frame, or swallow the next `ack` and then
-cut. It reads WebSocket frames (after the HTTP upgrade) to find those.
+cut. It reads WebSocket frames (after the HTTP upgrade) to find those, and
+counts what a test waits on: connections accepted and refused, agents'
+frames held by a stall, the last seq forwarded to the collector.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import threading
 from concurrent.futures import Future
@@ -65,15 +68,16 @@ def frame_size(data: bytes) -> int | None:
     return offset + (4 if masked else 0) + length
 
 
-def frame_text_start(frame: bytes, count: int = 24) -> bytes:
-    """The first bytes of a frame's payload, unmasked (client frames are masked)."""
+def frame_text_start(frame: bytes, count: int | None = 24) -> bytes:
+    """The first ``count`` bytes of a frame's payload (all with None), unmasked
+    (client frames are masked)."""
     length, offset = frame[1] & 0x7F, 2
     offset += {126: 2, 127: 8}.get(length, 0)
     if frame[1] & 0x80:
         mask = frame[offset:offset + 4]
-        payload = frame[offset + 4:offset + 4 + count]
+        payload = frame[offset + 4:None if count is None else offset + 4 + count]
         return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return frame[offset:offset + count]
+    return frame[offset:None if count is None else offset + count]
 
 
 class FaultProxy:
@@ -90,6 +94,10 @@ class FaultProxy:
         self._cut_mid_batch: Future | None = None
         self._lose_ack: Future | None = None
         self.cuts = 0
+        self.accepted = 0  # connections forwarded to the collector
+        self.refused = 0  # connections closed at once while refusing
+        self.held = 0  # links with a frame from the agent waiting for a stall to end
+        self.forwarded_seq = 0  # the last seq of the last `readings` frame forwarded
 
     # --- control, from the test's thread -------------------------------------
 
@@ -108,11 +116,14 @@ class FaultProxy:
         return f"ws://{self.host}:{self.port}/v1/stream"
 
     def stall(self) -> None:
-        """Stop forwarding either way; connections stay open (a black hole)."""
-        self._loop.call_soon_threadsafe(self._flowing.clear)
+        """Stop forwarding either way; connections stay open (a black hole).
+
+        Returns once no more bytes go through (what is already on the way still lands).
+        """
+        self._call(self._flow(False)).result(10)
 
     def resume(self) -> None:
-        self._loop.call_soon_threadsafe(self._flowing.set)
+        self._call(self._flow(True)).result(10)
 
     def cut(self) -> int:
         """Abort every connection now (both sides see a reset); how many there were."""
@@ -137,6 +148,9 @@ class FaultProxy:
 
     # --- the proxy itself, on its loop ----------------------------------------
 
+    async def _flow(self, flowing: bool) -> None:
+        self._flowing.set() if flowing else self._flowing.clear()
+
     async def _start(self) -> None:
         self._flowing.set()
         self._server = await asyncio.start_server(self._accept, self.host, 0)
@@ -160,6 +174,7 @@ class FaultProxy:
     async def _accept(self, agent_reader: asyncio.StreamReader,
                       agent_writer: asyncio.StreamWriter) -> None:
         if self._refusing:
+            self.refused += 1
             agent_writer.transport.abort()
             return
         try:
@@ -170,6 +185,7 @@ class FaultProxy:
             return
         link = (agent_writer, collector_writer)
         self._links.add(link)
+        self.accepted += 1
         await asyncio.gather(
             self._pump(agent_reader, collector_writer, link, upstream=True),
             self._pump(collector_reader, agent_writer, link, upstream=False),
@@ -187,23 +203,31 @@ class FaultProxy:
                 writer.transport.abort()
                 return
             for unit in frames.feed(data):
+                websocket = frames.upgraded and not frames.raw and len(unit) >= 2
+                start = frame_text_start(unit) if websocket else b""
+                readings = upstream and start.startswith(b'{"type":"readings"')
+                ack = not upstream and start.startswith(b'{"type":"ack"')
+                if upstream and not self._flowing.is_set():
+                    self.held += 1
+                    await self._flowing.wait()
+                    self.held -= 1
                 await self._flowing.wait()
                 if link not in self._links:
                     return
-                websocket = frames.upgraded and not frames.raw and len(unit) >= 2
-                if websocket and upstream and self._cut_mid_batch is not None \
-                        and frame_text_start(unit).startswith(b'{"type":"readings"'):
+                if readings and self._cut_mid_batch is not None:
                     writer.write(unit[:len(unit) // 2])
                     await writer.drain()
                     await self._cut()
                     self._cut_mid_batch.set_result(len(unit))
                     self._cut_mid_batch = None
                     return
-                if websocket and not upstream and self._lose_ack is not None \
-                        and frame_text_start(unit).startswith(b'{"type":"ack"'):
+                if ack and self._lose_ack is not None:
                     await self._cut()
                     self._lose_ack.set_result(frame_text_start(unit, 64).decode())
                     self._lose_ack = None
                     return
+                if readings:
+                    self.forwarded_seq = json.loads(frame_text_start(unit, None))[
+                        "readings"][-1]["seq"]
                 writer.write(unit)
                 await writer.drain()

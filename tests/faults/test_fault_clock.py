@@ -49,7 +49,7 @@ def test_agent_clock_stepping_backwards(make_collector, make_agent, tmp_path, mo
     collector.start()
     wait_until(lambda: "clock is" in collector.log(), 30,
                what="the collector to warn about the agent's clock")
-    pi1 = next(a for a in collector.json("/api/agents")["agents"] if a["id"] == "pi-1")
+    pi1 = collector.agent_entry("pi-1")
     assert pi1["clock_offset"] == pytest.approx(3600, abs=60)
     say(f"reconnected with the clock an hour behind: the collector logged it and reports "
         f"clock_offset {pi1['clock_offset']:+.0f} s")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -71,8 +70,11 @@ def test_agent_disk_full_drops_oldest_counts_and_recovers(small_disk, make_colle
     agent.start()
     wait_until(lambda: len(collector.stored_seqs("pi-1")) > 200, 30, what="first readings")
 
+    logged = len(agent.log())
     collector.kill()
-    time.sleep(1)
+    # Once the agent has seen the link go, no ack can arrive any more to shrink its buffer.
+    wait_until(lambda: "cannot reach collector" in agent.log()[logged:], 30,
+               what="the agent to notice the collector is gone")
     stored_before = collector.stored_seqs("pi-1")
     first_unacked = oldest_buffered(agent)  # what the buffer holds: from here on, unacked
     assert first_unacked is not None and first_unacked <= stored_before[-1] + 1
@@ -84,6 +86,7 @@ def test_agent_disk_full_drops_oldest_counts_and_recovers(small_disk, make_colle
     wait_until(lambda: buffer_meta(agent, "dropped") > 0, 60,
                what="the agent to drop its oldest readings")
     dropped_then, last_then = buffer_meta(agent, "dropped"), agent.last_seq()
+    held_when_full = last_then - oldest_buffered(agent) + 1  # what the full disk holds
     wait_until(lambda: agent.last_seq() > last_then + 200
                and buffer_meta(agent, "dropped") > dropped_then, 30,
                what="the agent to keep reading, dropping the oldest to make room")
@@ -95,16 +98,15 @@ def test_agent_disk_full_drops_oldest_counts_and_recovers(small_disk, make_colle
     filler.unlink()
     wait_until(lambda: "the disk has room again" in agent.log(), 30,
                what="the agent to notice the space came back")
-    dropped = buffer_meta(agent, "dropped")
-    time.sleep(1)
+    dropped, read = buffer_meta(agent, "dropped"), agent.last_seq()
+    # As many readings again as filled the disk, and still none dropped.
+    wait_until(lambda: agent.last_seq() >= read + held_when_full, 60,
+               what=f"the agent to take {held_when_full} more readings")
     assert buffer_meta(agent, "dropped") == dropped, "no more drops once there is room"
     collector.start()
 
-    def reported_dropped() -> int | None:
-        pi1 = next(a for a in collector.json("/api/agents")["agents"] if a["id"] == "pi-1")
-        return (pi1.get("status") or {}).get("dropped")
-
-    wait_until(lambda: reported_dropped() == dropped, 30,
+    wait_until(lambda: (collector.agent_entry("pi-1")["status"] or {}).get("dropped")
+               == dropped, 30,
                what="the agent to report its drop count in its status")
     say(f"space back: the agent took its reserve back; {dropped} dropped in all, reported in "
         "its status; collector restarted")

@@ -13,6 +13,11 @@ from proxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
+STALL_SECONDS = 3
+# Readings waiting in the agent's buffer before a batch is cut in two (FAST_SENSORS
+# take about 25 a second).
+BACKLOG = 50
+
 
 @pytest.fixture
 def proxy(make_collector):
@@ -35,41 +40,59 @@ def test_network_stalls_cuts_and_lost_acks(proxy, make_agent):
         before = stored()
         wait_until(lambda: stored() > before + 10, 30, what=f"delivery after {what}")
 
+    def connections() -> int:
+        return agent.log().count("connected to")
+
     streams_again("start")
 
     net.stall()
-    during = stored()
-    time.sleep(3)
+    # What got through before the stall is stored.
+    wait_until(lambda: collector.stored_seqs("pi-1")[-1] >= net.forwarded_seq, 10,
+               what="the collector to store what got through before the stall")
+    during, read, connected = stored(), agent.last_seq(), connections()
+    # The stall's length is what is under test: 3 s of silence, well under the agent's
+    # 20 s ping timeout, must not end the connection, and nothing may get through.
+    time.sleep(STALL_SECONDS)
     assert stored() == during, "nothing gets through a stalled link"
+    assert agent.last_seq() > read, "the agent kept reading"
+    assert net.held > 0, "the agent kept sending into the stalled link"
     net.resume()
     streams_again("the stall")
-    say(f"stalled both directions for 3 s ({during} stored, none during), resumed: "
-        "the same connection carried on")
+    assert (connections(), net.accepted, net.cuts) == (connected, 1, 0), \
+        "the same connection carried on"
+    say(f"stalled both directions for {STALL_SECONDS} s ({during} stored, none during, "
+        "the agent's frames held), resumed: the same connection carried on")
 
     for round_ in (1, 2):
         net.stall()
-        time.sleep(1)
+        wait_until(lambda: net.held > 0, 10, what="the agent's data to be caught in the stall")
         cut = net.cut()
         net.refuse(True)
-        time.sleep(2)
+        refused = net.refused
+        wait_until(lambda r=refused: net.refused > r, 15,
+                   what="the agent to try again and be refused")
         net.refuse(False)
         net.resume()
         streams_again("a cut")
-        say(f"cut {round_}: stalled 1 s, aborted {cut} connection(s) both ways, refused "
-            "new ones for 2 s, restored: the agent reconnected and went on")
+        say(f"cut {round_}: stalled with data in flight, aborted {cut} connection(s) both "
+            "ways, refused new ones until the agent had tried once, restored: the agent "
+            "reconnected and went on")
 
     for round_ in (1, 2):
         # A backlog first, so the batch cut in two is a big one.
         net.cut()
         net.refuse(True)
-        time.sleep(2)
+        refused, stored_upto = net.refused, collector.stored_seqs("pi-1")[-1]
+        wait_until(lambda r=refused, s=stored_upto: net.refused > r
+                   and agent.last_seq() >= s + BACKLOG, 30,
+                   what=f"a backlog of {BACKLOG} readings while the agent is refused")
         cutting = net.cut_mid_batch()
         net.refuse(False)
         size = cutting.result(30)
         streams_again("a cut mid-batch")
-        say(f"mid-batch cut {round_}: a 2 s outage, then on reconnect half of the "
-            f"{size}-byte backlog batch went through before the cut: the collector stored "
-            "none of it, the agent sent it again")
+        say(f"mid-batch cut {round_}: an outage until {BACKLOG} readings waited, then on "
+            f"reconnect half of the {size}-byte backlog batch went through before the cut: "
+            "the collector stored none of it, the agent sent it again")
 
         ack = json.loads(net.lose_next_ack().result(30))
         # The collector stored that batch but the agent never heard: welcome tells it.

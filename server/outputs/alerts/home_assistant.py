@@ -29,7 +29,9 @@ def discovery_config(prefix: str, discovery_prefix: str, rule: str) -> tuple[str
     object_id = f"alert_{rule}".replace(".", "_")
     return f"{discovery_prefix}/binary_sensor/sensor_edge_collector/{object_id}/config", {
         "name": f"alert {rule}",
-        "unique_id": f"sensor_edge_alert_{rule}",
+        # Under the collector's node: no agent may be called "collector" with MQTT on,
+        # so no sensor of an agent can meet this id (config/home_assistant.py).
+        "unique_id": f"sensor_edge_collector_alert_{rule}",
         "device_class": "problem",
         "state_topic": state,
         "value_template": "{{ value_json.state }}",
