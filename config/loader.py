@@ -354,6 +354,8 @@ def load_collector_config(path: str) -> CollectorConfig:
         section.finish()
     stale_after = root.take("stale_after", _Value.seconds, CollectorConfig.stale_after)
     retention_days = root.take("retention_days", lambda v: v.number(0.001), None)
+    rollup_retention_days = root.take("rollup_retention_days", lambda v: v.number(0.001),
+                                      CollectorConfig.rollup_retention_days)
     api_token = None
     api = root.get("api")
     if api is not None:
@@ -367,8 +369,9 @@ def load_collector_config(path: str) -> CollectorConfig:
     root.finish()
     return CollectorConfig(
         source=path, host=host, port=port, storage=storage, agents=tuple(agents), limits=limits,
-        tls=tls, stale_after=stale_after, retention_days=retention_days, api_token=api_token,
-        mqtt=mqtt, alerts=alerts, allowed_hosts=allowed_hosts,
+        tls=tls, stale_after=stale_after, retention_days=retention_days,
+        rollup_retention_days=rollup_retention_days, api_token=api_token, mqtt=mqtt, alerts=alerts,
+        allowed_hosts=allowed_hosts,
     )
 
 

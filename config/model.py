@@ -17,6 +17,8 @@ DEFAULT_MAX_BUFFERED = 1_000_000
 DEFAULT_SYNC_INTERVAL = 60.0
 DEFAULT_POLL_INTERVAL = 10.0
 DEFAULT_STALE_AFTER = 60.0
+# The 1-minute and 1-hour rollups: ten years.
+DEFAULT_ROLLUP_RETENTION_DAYS = 3650.0
 
 # Sensor types (their metrics, keys, floors) live in sensor_types.py.
 # A sensor's `filters:`, applied in this order of the list on the agent.
@@ -110,6 +112,8 @@ class CollectorConfig:
     tls: ServerTLS | None = None
     stale_after: float = DEFAULT_STALE_AFTER
     retention_days: float | None = None  # None: keep forever
+    # Rollups are kept at least as long as readings (server/storage/retention.py).
+    rollup_retention_days: float = DEFAULT_ROLLUP_RETENTION_DAYS
     api_token: str | None = field(default=None, repr=False)  # set: the HTTP read API needs Authorization: Bearer
     mqtt: MQTTConfig | None = None  # None: no MQTT
     alerts: tuple[AlertRule, ...] = ()

@@ -33,6 +33,7 @@ from sensor_edge.server.ingest.limits import ConnectionBudget, FailedLogins
 from sensor_edge.server.outputs.live import LiveFeed
 from sensor_edge.server.outputs.metrics import CollectorMetrics
 from sensor_edge.server.outputs.mqtt import MQTTBridge
+from sensor_edge.server.storage.backfill import RollupBackfill
 from sensor_edge.server.storage.retention import Retention
 from sensor_edge.server.storage import Batch, Storage, open_storage, safe_url
 
@@ -50,6 +51,7 @@ class Collector:
         self.batcher: Batcher | None = None
         self.live: LiveFeed | None = None
         self.retention: Retention | None = None
+        self.backfill: RollupBackfill | None = None
         self.mqtt: MQTTBridge | None = None
         self.alerts = Alerts(config.alerts, config.stale_after, self.metrics.registry)
         self._server: Server | None = None
@@ -97,9 +99,13 @@ class Collector:
                                on_commit_failed=self.metrics.commit_hook_failures.inc,
                                on_conflicting=self.metrics.readings_conflicting.inc)
         self.batcher.start()
+        self.backfill = RollupBackfill(self.storage, self._writer)
+        self.backfill.start()
         if self.config.retention_days is not None:
             self.retention = Retention(self.storage, self._writer, self.config.retention_days,
-                                       on_deleted=self.metrics.readings_expired.inc)
+                                       on_deleted=self.metrics.readings_expired.inc,
+                                       rollup_days=self.config.rollup_retention_days,
+                                       backfilled=self.backfill.done)
             self.retention.start()
         tls = server_context(self.config.tls) if self.config.tls is not None else None
         _raise_open_file_limit(self.config.limits.max_connections
@@ -116,7 +122,7 @@ class Collector:
         self._web = http_api.Web(
             config=self.config, metrics=m, agents=self.agents, alerts=self.alerts,
             storage=self.storage, hosts=self.hosts, failed_logins=self.failed_logins,
-            connections=self.connections, stream=self.stream)
+            connections=self.connections, stream=self.stream, read=self.read)
         self._front = HTTPFront(http_api.WEBSOCKET_PATHS, functools.partial(http_api.answer,
                                                                             self._web),
                                 timeout=self.config.limits.handshake_timeout,
@@ -163,6 +169,8 @@ class Collector:
             await self.live.stop()
         if self.retention is not None:
             await self.retention.stop()
+        if self.backfill is not None:
+            await self.backfill.stop()
         if self.batcher is not None:
             await self.batcher.stop()
         if self.mqtt is not None:  # after the batcher: its last commits get published too

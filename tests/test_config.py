@@ -58,6 +58,9 @@ def test_collector_defaults_match_the_contract(tmp_path):
     assert config.storage == "/var/lib/sensor-collector/readings.db"
     assert config.limits.max_frame_bytes >= 256 * 1024
     assert config.limits.max_batch_readings >= 1000
+    assert config.retention_days is None and config.rollup_retention_days == 3650
+    config = load_collector_config(write(tmp_path, "retention_days: 30\nrollup_retention_days: 730\n"))
+    assert (config.retention_days, config.rollup_retention_days) == (30, 730)
 
 
 def test_agent_defaults_match_the_contract(tmp_path):
@@ -128,6 +131,8 @@ def test_collector_config_errors(tmp_path):
         ("agents:\n  - id: a\n    token: t\n  - id: b\n    token: t\n", 5, "agents[1].token"),
         ("storage: mysql://x/y\n", 1, "storage"),
         ("limits:\n  max_batch_readings: 200000\n", 2, "limits.max_batch_readings"),
+        ("agents: []\nrollup_retention_days: forever\n", 2, "rollup_retention_days"),
+        ("agents: []\nrollup_retention_days: 0\n", 2, "rollup_retention_days"),
     ]
     for text, line, key in cases:
         path = write(tmp_path, text)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 from browser import Browser, chromium_path
-from conftest import TOKENS
+from conftest import BOTH_BACKENDS, TOKENS
 from processes import wait_until
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+
+from sensor_edge.server.storage import Batch, open_storage
 
 SOC_VALUE = '[data-agent="pi-1"][data-sensor="soc"] .value'
 
@@ -27,8 +31,11 @@ def is_number(text: str | None) -> bool:
     return bool(text) and re.fullmatch(r"-?[\d,]+(\.\d+)?", text) is not None
 
 
-def series_pixels(browser: Browser, agent: str, sensor: str, metric: str) -> int:
-    """How many pixels of a tile's chart have its series colour: the line was drawn."""
+def series_pixels(browser: Browser, agent: str, sensor: str, metric: str,
+                  band: bool = False) -> int:
+    """How many pixels of a tile's chart have its series colour: the line was drawn
+    (opaque), or with ``band`` the min/max band around it (a fifth opaque)."""
+    alpha = "data[i + 3] > 35 && data[i + 3] < 70" if band else "data[i + 3] > 200"
     return browser.evaluate(f"""(() => {{
         const tile = document.querySelector(
             '[data-agent="{agent}"][data-sensor="{sensor}"][data-metric="{metric}"]');
@@ -38,7 +45,7 @@ def series_pixels(browser: Browser, agent: str, sensor: str, metric: str) -> int
         for (const canvas of tile.querySelectorAll("canvas")) {{
             const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
             for (let i = 0; i < data.length; i += 4)
-                if (data[i + 3] > 200 && Math.abs(data[i] - want[0]) < 8
+                if ({alpha} && Math.abs(data[i] - want[0]) < 8
                     && Math.abs(data[i + 1] - want[1]) < 8 && Math.abs(data[i + 2] - want[2]) < 8)
                     count++;
         }}
@@ -167,3 +174,47 @@ def test_page_and_assets_ship_with_the_package(make_collector):
         assert not re.search(rb"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", collector.get(asset)[1]), asset
     assert collector.get("/static/nope.js")[0] == 404
     assert collector.get("/static/../http_api.py")[0] == 404
+
+
+@BOTH_BACKENDS
+def test_the_year_view_draws_a_year_of_history_with_its_band(
+        storage_url, make_collector, browser):
+    """A year of readings (one every 10 minutes, up to a day ago) stored straight into
+    the database."""
+    now = time.time()
+    storage = open_storage(storage_url)
+    rows = []
+    for i in range(365 * 144):
+        ts = now - 366 * 86400 + i * 600
+        season = 10 * math.sin(2 * math.pi * i / (365 * 144))
+        rows.append((i + 1, "greenhouse", "temperature", 15 + season + 5 * math.sin(i / 23),
+                     "C", ts))
+    storage.store([Batch("pi-1", "e", rows[i:i + 10_000]) for i in range(0, len(rows), 10_000)],
+                  now)
+    storage.close()
+    collector = make_collector()
+
+    browser.navigate(collector.base + "/?hours=8760")
+    tile = '[data-agent="pi-1"][data-sensor="greenhouse"][data-metric="temperature"]'
+    points = wait_until(lambda: int(browser.evaluate(
+        f"document.querySelector('{tile}')?.dataset.points || 0")), 30,
+        what="the year's points")
+    step = int(browser.evaluate(f"document.querySelector('{tile}').dataset.step"))
+    # About a point per pixel across the year, each from whole 1-hour rollups.
+    assert 100 <= points <= 2000 and step % 3600 == 0 and 365 * 86400 / step <= 2001
+    wait_until(lambda: series_pixels(browser, "pi-1", "greenhouse", "temperature") > 100, 15,
+               what="the mean's line across the year")
+    wait_until(lambda: series_pixels(browser, "pi-1", "greenhouse", "temperature", band=True)
+               > 500, 15, what="the min/max band around it")
+    assert browser.evaluate("document.getElementById('hours').value") == "8760"
+    requested = [u for u in browser.requested_urls() if "/api/series?" in u]
+    assert requested and "agent=pi-1" in requested[0]
+    assert browser.page_errors() == []
+
+    # A range change reloads the charts: nothing was stored in the last hour.
+    browser.evaluate("(() => { const s = document.getElementById('hours'); s.value = '1';"
+                     " s.dispatchEvent(new Event('change')); })()")
+    wait_until(lambda: browser.evaluate(f"document.querySelector('{tile}').dataset.points")
+               == "0", 15, what="the hour's (empty) reload")
+    wait_until(lambda: series_pixels(browser, "pi-1", "greenhouse", "temperature") == 0, 15,
+               what="the chart to empty")

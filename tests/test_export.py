@@ -16,7 +16,10 @@ from datetime import datetime, timezone
 import pytest
 from processes import wait_until
 
+from rollup_checks import as_before_rollups
+
 from sensor_edge.server.storage import READING_COLUMNS, Batch, ReadingQuery, iter_newest
+from sensor_edge.server.storage.rollups import ROLLUP_COLUMNS, bucket_of
 from sensor_edge.server.storage.sqlite import SQLiteStorage
 
 T0 = 1_700_000_000.0
@@ -97,6 +100,40 @@ def test_export_command_writes_csv_and_jsonl(stored, tmp_path):
     want = [dict(zip(READING_COLUMNS, r)) for r in rows
             if r[0] == "pi-2" and T0 + 50 <= r[7] <= T0 + 60]
     assert got == want and len(got) == 44
+
+
+def test_export_command_writes_a_tier_of_rollups(stored, tmp_path):
+    config, db, rows = stored
+    buckets: dict[tuple, list[float]] = {}
+    for agent, _epoch, _seq, sensor, metric, value, unit, ts in rows:
+        buckets.setdefault((bucket_of(ts, 60), agent, sensor, metric, unit), []).append(value)
+    want = [(agent, sensor, metric, unit, start, min(v), sum(v) / len(v), max(v), len(v))
+            for (start, agent, sensor, metric, unit), v in sorted(buckets.items())]
+    assert len(want) == 6  # pi-1's two epochs are one series; 75 s over two minutes
+
+    done = export(config, "--tier", "1m", "--out", str(tmp_path / "minutes.csv"))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    with open(tmp_path / "minutes.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == list(ROLLUP_COLUMNS)
+    got = [(a, s, m, u, int(t), float(lo), float(avg), float(hi), int(n))
+           for a, s, m, u, t, lo, avg, hi, n in table[1:]]
+    assert [g[:6] + g[7:] for g in got] == [w[:6] + w[7:] for w in want]
+    assert [g[6] for g in got] == pytest.approx([w[6] for w in want])
+
+    done = export(config, "--tier", "1h", "--format", "jsonl", "--agent", "pi-2")
+    hours = [json.loads(line) for line in done.stdout.splitlines()]
+    assert hours == [{"agent": "pi-2", "sensor": "climate", "metric": "temperature",
+                      "unit": "C", "ts": bucket_of(T0, 3600), "min": 0.1,
+                      "avg": pytest.approx(15.05), "max": 30.0, "count": 300}]
+    assert export(config, "--tier", "5m").returncode == 2
+
+    # A database from before rollups, opened by export before the collector has
+    # rolled it up: the export says it is incomplete.
+    as_before_rollups(db)
+    done = export(config, "--tier", "1h")
+    assert done.returncode == 0 and done.stdout.splitlines() == [",".join(ROLLUP_COLUMNS)]
+    assert "still rolling up readings stored before rollups existed" in done.stderr
 
 
 def test_export_mistakes_are_one_line_errors(stored, tmp_path):
@@ -203,6 +240,18 @@ def assert_neutralised(text: str, agent: str, formulas: list[str] = FORMULAS) ->
     assert '"\'+1+1"' in text  # quoted even where the CSV rules alone would not quote it
 
 
+def assert_rollups_neutralised(text: str, agent: str, formulas: list[str] = FORMULAS) -> None:
+    """Rollup rows (one minute per reading of hostile_rows) neutralised like readings."""
+    table = list(csv.reader(io.StringIO(text, newline="")))
+    assert table[0] == list(ROLLUP_COLUMNS)
+    body = [dict(zip(ROLLUP_COLUMNS, r)) for r in table[1:] if r[0] == agent]
+    assert sorted(r["sensor"] for r in body) == sorted(["'" + f for f in formulas] + ["plain"])
+    assert {(r["metric"], r["unit"]) for r in body if r["sensor"] != "plain"} == {("'=1+1", "'-")}
+    assert sorted(float(r["min"]) for r in body) == \
+        sorted([-3.5 * i for i in range(1, len(formulas) + 1)] + [-40.0])
+    assert '"\'+1+1"' in text
+
+
 def test_export_neutralises_formulas_in_text_cells(tmp_path):
     db = str(tmp_path / "readings.db")
     storage = SQLiteStorage(db)
@@ -217,6 +266,11 @@ def test_export_neutralises_formulas_in_text_cells(tmp_path):
     # Said once, on one line: the cells were changed on purpose.
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "18 cells (8 distinct" in lines[0] and "'" in lines[0], done.stderr
+    # The rollups' text cells too (export --tier).
+    done = export(str(config), "--tier", "1m", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_rollups_neutralised(out.read_bytes().decode(), "pi-1")
+    assert "18 cells (8 distinct" in done.stderr, done.stderr
     # JSON lines carry text as text: nothing to neutralise there.
     done = export(str(config), "--format", "jsonl")
     assert [json.loads(line)["sensor"] for line in done.stdout.splitlines()] == \
@@ -242,6 +296,9 @@ def test_readings_csv_neutralises_formulas_and_counts_them(make_collector):
         status, body, _ = collector.get("/api/readings.csv?agent=pi-2")
         assert status == 200
         assert_neutralised(body.decode(), "pi-2", PRINTABLE_FORMULAS)
+    status, body, _ = collector.get("/api/readings.csv?agent=pi-2&tier=1m")
+    assert status == 200
+    assert_rollups_neutralised(body.decode(), "pi-2", PRINTABLE_FORMULAS)
     text = collector.get("/metrics")[1].decode()
     # Distinct texts neutralised: the four sensors, "=1+1" and "-".
     assert 'sensor_edge_names_escaped_total{output="csv"} 6.0' in text

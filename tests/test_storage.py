@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import BOTH_BACKENDS, POSTGRES_ONLY
+from rollup_checks import assert_rollups_match, from_readings, rollups_held
 from sensor_edge.runtime.service import StartupError
 from sensor_edge.server.storage import Batch, ReadingQuery, iter_newest, open_storage
 
@@ -222,6 +223,8 @@ def test_two_writers_racing_with_the_same_batches_store_each_once(storage_url):
             assert seqs(writers[0], agent) == list(range(1, 2001))
             assert writers[1].acked(agent, "e") == 2000
         assert sum(a["readings"] for a in writers[1].agents()) == 3 * 2000
+        # Each reading counted once in the rollups, whichever writer stored it.
+        assert_rollups_match(from_readings(writers[0]), rollups_held(writers[1]))
     finally:
         for w in writers:
             w.close()

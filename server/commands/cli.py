@@ -9,6 +9,7 @@ import sys
 from sensor_edge.config import ConfigError, load_collector_config
 from sensor_edge.runtime.logs import setup_logging
 from sensor_edge.runtime.service import run_service
+from sensor_edge.server.storage.rollups import RAW, TIER_NAMES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,6 +32,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--agent", metavar="ID", help="only this agent's readings")
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                         help="output format (default: csv)")
+    export.add_argument("--tier", choices=TIER_NAMES, default=RAW,
+                        help="raw readings (default), or the 1-minute or 1-hour rollups: "
+                             "agent, sensor, metric, unit, ts (the bucket's start), min, avg, "
+                             "max, count")
     export.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     add_agent = commands.add_parser(
         "add-agent", help="let a new agent in: mint its token, store only the token's sha256",

@@ -2,7 +2,8 @@
 
 Rows come from :meth:`Storage.iter_readings` page by page and are written as
 they come, so exporting a year of readings takes as little memory as a day.
-The CSV shape is the same as `GET /api/readings.csv`.
+The CSV shape is the same as `GET /api/readings.csv`. With ``--tier 1m|1h`` the
+rows are the 1-minute or 1-hour rollups instead (:meth:`Storage.iter_rollups`).
 
 A text cell a spreadsheet would run as a formula (a sensor named
 ``=HYPERLINK(...)``) is neutralised by OWASP's rule for CSV injection: a single
@@ -21,7 +22,8 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from sensor_edge.server.outputs.formats import csv_lines, jsonl_lines
-from sensor_edge.server.storage import ReadingQuery, open_storage, safe_url
+from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, open_storage, safe_url
+from sensor_edge.server.storage.rollups import RAW, ROLLUP_COLUMNS, TIER_NAMES
 
 FORMATS = ("csv", "jsonl")
 # How often the progress line is redrawn.
@@ -110,13 +112,16 @@ class Progress:
 
 def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
            progress: IO[str] | None = None,
-           neutralised: Callable[[str], None] | None = None) -> int:
-    """Write every matching reading to ``out``; return how many were written.
+           neutralised: Callable[[str], None] | None = None, tier: str = RAW) -> int:
+    """Write every matching reading (or a tier's rollups) to ``out``; return how many
+    rows were written.
 
     ``neutralised``: told the text of each CSV cell that had a formula's start.
     """
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if tier not in TIER_NAMES:
+        raise ExportError(f"tier must be one of {', '.join(TIER_NAMES)}, not {tier!r}")
     if "://" not in storage_url and not os.path.exists(storage_url):
         raise ExportError(f"no readings database at {storage_url}")
     try:
@@ -127,19 +132,27 @@ def export(storage_url: str, query: ReadingQuery, fmt: str, out: IO[str],
     if progress is not None:
         bar = Progress(progress, query.since,
                        query.until if query.until is not None else time.time())
+    if tier != RAW and not storage.rollups_backfilled():
+        print("sensor-collector export: the collector is still rolling up readings stored "
+              "before rollups existed; this export lacks some of them", file=sys.stderr)
     written = 0
+    columns = READING_COLUMNS if tier == RAW else ROLLUP_COLUMNS
+    at = columns.index("ts")
 
     def counted(rows: Iterable[Sequence[Any]]) -> Iterable[Sequence[Any]]:
         nonlocal written
         for row in rows:
             written += 1
             if bar is not None:
-                bar.row(written, row[7])
+                bar.row(written, row[at])
             yield row
 
     try:
-        rows = counted(storage.iter_readings(query))
-        for text in csv_lines(rows, neutralised) if fmt == "csv" else jsonl_lines(rows):
+        rows = counted(storage.iter_readings(query) if tier == RAW
+                       else storage.iter_rollups(query, tier))
+        lines = csv_lines(rows, neutralised, columns) if fmt == "csv" \
+            else jsonl_lines(rows, columns)
+        for text in lines:
             out.write(text)
         out.flush()
     finally:
@@ -161,13 +174,15 @@ def main(args: Any, config_storage: str) -> int:
         )
         progress = sys.stderr if sys.stderr.isatty() else None
         if args.out in (None, "-"):
-            export(config_storage, query, args.format, sys.stdout, progress, formulas)
+            export(config_storage, query, args.format, sys.stdout, progress, formulas,
+                   args.tier)
         else:
             # Written aside and renamed when complete: a half export never looks whole.
             partial = args.out + ".part"
             try:
                 with open(partial, "w", encoding="utf-8", newline="") as out:
-                    export(config_storage, query, args.format, out, progress, formulas)
+                    export(config_storage, query, args.format, out, progress, formulas,
+                           args.tier)
                 os.replace(partial, args.out)
             except OSError as e:
                 raise ExportError(f"cannot write {args.out}: {e.strerror or e}") from None

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sensor_edge.contract.protocol import Reading
+from sensor_edge.server.storage.rollups import SeriesQuery
 
 # A stored reading's columns, in the order every row-returning method uses.
 READING_COLUMNS = ("agent", "epoch", "seq", "sensor", "metric", "value", "unit", "ts")
@@ -94,6 +95,29 @@ class Storage(Protocol):
         is kept, so an agent is never asked to resend an expired reading.
         """
 
+    def backfill_rollups(self, limit: int = ...) -> tuple[int, bool]:
+        """Roll up the next ``limit`` readings stored before the rollups existed, in
+        one short transaction (server/storage/rollup_tables.py); (how many, done)."""
+
+    def rollups_backfilled(self) -> bool:
+        """Whether every reading stored before the rollups existed is rolled up."""
+
+    def delete_rollups_older_than(self, width: int, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` ``width``-second buckets that ended by ``cutoff``."""
+
+    def series(self, query: SeriesQuery) -> dict[str, Any]:
+        """`/api/series`: ``{"step", "series": [{"agent", "sensor", "metric", "unit",
+        "points": [[ts, min, avg, max, count], ...]}]}`` from the source
+        :func:`rollups.plan` picks."""
+
+    def rollup_rows(self, query: ReadingQuery, tier: str) -> list[dict[str, Any]]:
+        """The newest ``query.limit`` rollups of a tier ("1m", "1h") that match, oldest
+        first, as dicts of :data:`rollups.ROLLUP_COLUMNS`."""
+
+    def iter_rollups(self, query: ReadingQuery, tier: str, chunk: int = 5000) -> Iterator[tuple]:
+        """Every rollup of a tier that matches (``query.limit`` is ignored), as tuples in
+        :data:`rollups.ROLLUP_COLUMNS` order sorted by (ts, agent, sensor, metric)."""
+
     def alert_states(self) -> list[tuple]:
         """Every stored alert series (server/storage/alert_state.py)."""
 
@@ -142,12 +166,14 @@ def safe_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
 
 
-def open_storage(url: str) -> Storage:
-    """The storage a config's `storage` value names: postgresql://... or a SQLite file."""
+def open_storage(url: str, maintain_rollups: bool = True) -> Storage:
+    """The storage a config's `storage` value names: postgresql://... or a SQLite file.
+
+    ``maintain_rollups=False``: for benchmarks only (bench/bench_history.py)."""
     if url.startswith(("postgresql://", "postgres://")):
         from sensor_edge.server.storage.postgres import PostgresStorage
 
-        return PostgresStorage(url)
+        return PostgresStorage(url, maintain_rollups=maintain_rollups)
     from sensor_edge.server.storage.sqlite import SQLiteStorage
 
-    return SQLiteStorage(url)
+    return SQLiteStorage(url, maintain_rollups=maintain_rollups)

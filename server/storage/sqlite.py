@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from itertools import chain
 from typing import Any
@@ -18,12 +19,27 @@ from sensor_edge.server.storage import (
     alert_state,
     differing,
     ha_entity_ids,
+    rollup_tables,
+    rollups,
 )
+from sensor_edge.server.storage.rollup_tables import SQLITE
+from sensor_edge.server.storage.rollups import TIERS, CommitRollups, SeriesQuery
 
 # 2: alert_state. 3: ha_entity_ids. 4: readings.received (retention keys on it
-# too), added to an older file on open.
-SCHEMA_VERSION = 4
-SCHEMA = """
+# too), added to an older file on open. 5: rollups.
+SCHEMA_VERSION = 5
+# The same columns for each tier; WITHOUT ROWID: the rows are kept in (series, bucket) order.
+_ROLLUP_TABLES = "".join(f"""
+CREATE TABLE IF NOT EXISTS {table} (
+    series INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    sum REAL NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (series, bucket)
+) WITHOUT ROWID;""" for table in rollups.TABLES.values())
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS readings (
     agent TEXT NOT NULL,
     epoch TEXT NOT NULL,
@@ -73,6 +89,25 @@ CREATE TABLE IF NOT EXISTS ha_entity_ids (
     unique_id TEXT NOT NULL UNIQUE,
     PRIMARY KEY (agent, sensor, metric)
 );
+-- Version 5: rollups (server/storage/rollups.py, rollup_tables.py).
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    agent TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    UNIQUE (agent, sensor, metric)
+);
+{_ROLLUP_TABLES}
+CREATE TABLE IF NOT EXISTS rollup_backfill (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    done INTEGER NOT NULL,
+    agent TEXT,
+    epoch TEXT,
+    seq INTEGER
+);
+-- Readings stored before version 5 are the backfill's; a new database has none.
+INSERT OR IGNORE INTO rollup_backfill (id, done) SELECT 1, NOT EXISTS (SELECT 1 FROM readings);
 """
 
 # Rows per INSERT statement at most. One statement of many rows, not executemany()
@@ -110,20 +145,31 @@ def _insert(db: sqlite3.Connection, agent: str, epoch: str, rows: list[Reading],
 
 
 class SQLiteStorage:
-    def __init__(self, path: str):
+    def __init__(self, path: str, maintain_rollups: bool = True):
+        """``maintain_rollups=False`` is for benchmarks only: commits then leave the
+        rollups behind the readings (bench/bench_history.py compares the two)."""
         self.path = path
+        self.maintain_rollups = maintain_rollups
+        self._series_ids = rollup_tables.SeriesIds(SQLITE)
+        self._backfilled = False
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         db = self._connection()
-        with db:
-            db.executescript(SCHEMA)
+        # One transaction: the backfill's starting point is decided with the tables made.
+        # The script's BEGIN stays open for the column check after it.
+        try:
+            db.executescript(f"BEGIN IMMEDIATE; {SCHEMA}")
             columns = [row[1] for row in db.execute("PRAGMA table_info(readings)")]
             if "received" not in columns:  # a file from before version 4
                 db.execute("ALTER TABLE readings ADD COLUMN received REAL")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            _roll_back(db)
+            raise
 
     def _connection(self) -> sqlite3.Connection:
         """One connection per thread: the writer's, and each API reader's."""
@@ -139,12 +185,30 @@ class SQLiteStorage:
                 self._connections.append(db)
         return db
 
-    def store(self, batches: list[Batch], now: float) -> list[int]:
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection: committed, or rolled back
+        on any error, with the series ids it found kept or forgotten alike."""
         db = self._connection()
-        added: list[int] = []
-        per_agent: dict[str, int] = {}
         db.execute("BEGIN IMMEDIATE")
         try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            _roll_back(db)
+            self._series_ids.rolled_back()
+            raise
+        self._series_ids.committed()
+
+    def store(self, batches: list[Batch], now: float) -> list[int]:
+        added: list[int] = []
+        per_agent: dict[str, int] = {}
+        commit_rollups = CommitRollups() if self.maintain_rollups else None
+        with self._writing() as db:
+            if commit_rollups is not None:
+                backfill = self._backfill_state(db)
+                # Each new row takes the next rowid: this commit's rows are the ones past it.
+                last_rowid = db.execute("SELECT max(rowid) FROM readings").fetchone()[0] or 0
             for batch in batches:
                 before = db.total_changes
                 agent, epoch = batch.agent, batch.epoch
@@ -152,6 +216,11 @@ class SQLiteStorage:
                 count = db.total_changes - before
                 added.append(count)
                 per_agent[agent] = per_agent.get(agent, 0) + count
+                if commit_rollups is not None and count:
+                    new = batch.rows if count == len(batch.rows) else self._inserted(
+                        db, last_rowid, count)
+                    last_rowid += count
+                    commit_rollups.add(agent, backfill.rolled_up_by_commit(agent, epoch, new))
                 if batch.rows:
                     db.execute(
                         "INSERT INTO epochs (agent, epoch, acked) VALUES (?, ?, ?) "
@@ -165,10 +234,8 @@ class SQLiteStorage:
                     "readings = readings + excluded.readings",
                     (agent, now, count),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            _roll_back(db)
-            raise
+            if commit_rollups:
+                rollup_tables.upsert(db, SQLITE, self._series_ids, commit_rollups)
         return added
 
     def differing_duplicates(self, batch: Batch) -> list[tuple[Reading, Reading]]:
@@ -176,6 +243,47 @@ class SQLiteStorage:
             _STORED_ROWS, (batch.agent, batch.epoch, batch.rows[0][0], batch.rows[-1][0])
         ).fetchall()
         return differing(batch.rows, stored)
+
+    def _backfill_state(self, db: sqlite3.Connection) -> rollup_tables.Backfill:
+        if self._backfilled:
+            return rollup_tables.DONE
+        state = rollup_tables.backfill_state(db, SQLITE)
+        self._backfilled = state.done
+        return state
+
+    @staticmethod
+    def _inserted(db: sqlite3.Connection, after_rowid: int, count: int) -> list[tuple]:
+        """The rows a batch with duplicates inserted: the `count` rowids after `after_rowid`."""
+        rows = db.execute("SELECT seq, sensor, metric, value, unit, ts FROM readings "
+                          "WHERE rowid > ? AND rowid <= ?", (after_rowid, after_rowid + count)
+                          ).fetchall()
+        if len(rows) != count:  # never: SQLite gives a new row the highest rowid plus one
+            raise RuntimeError(f"rollups: found {len(rows)} of the {count} rows just inserted")
+        return rows
+
+    def backfill_rollups(self, limit: int = rollup_tables.BACKFILL_STEP) -> tuple[int, bool]:
+        with self._writing() as db:
+            return rollup_tables.backfill_step(db, SQLITE, self._series_ids, limit)
+
+    def rollups_backfilled(self) -> bool:
+        return rollup_tables.backfill_state(self._connection(), SQLITE).done
+
+    def delete_rollups_older_than(self, width: int, cutoff: float, limit: int) -> int:
+        with self._writing() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM series ORDER BY id")]
+            return rollup_tables.delete_older(db, SQLITE, width, cutoff, limit, ids)
+
+    def series(self, query: SeriesQuery) -> dict[str, Any]:
+        plan = rollups.plan(query)
+        rows = rollup_tables.series_points(self._connection(), SQLITE, query, plan)
+        return {"step": plan.step, "series": rollups.group_points(rows)}
+
+    def rollup_rows(self, query: ReadingQuery, tier: str) -> list[dict[str, Any]]:
+        rows = rollup_tables.newest_rows(self._connection(), SQLITE, query, TIERS[tier])
+        return [dict(zip(rollups.ROLLUP_COLUMNS, row)) for row in rows]
+
+    def iter_rollups(self, query: ReadingQuery, tier: str, chunk: int = 5000) -> Iterator[tuple]:
+        return rollup_tables.all_rows(self._connection(), SQLITE, query, TIERS[tier], chunk)
 
     def acked(self, agent: str, epoch: str) -> int:
         row = self._connection().execute(
@@ -207,17 +315,10 @@ class SQLiteStorage:
             after = (last[7], last[0], last[1], last[2])
 
     def delete_older_than(self, cutoff: float, limit: int) -> int:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            deleted = db.execute(
+        with self._writing() as db:
+            return db.execute(
                 "DELETE FROM readings WHERE rowid IN (SELECT rowid FROM readings "
                 f"WHERE {EXPIRED} LIMIT ?)", (cutoff, cutoff, limit)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            _roll_back(db)
-            raise
-        return deleted
 
     def agents(self) -> list[dict[str, Any]]:
         rows = self._connection().execute(
@@ -230,15 +331,8 @@ class SQLiteStorage:
 
     def alert_transition(self, key: tuple[str, str, str, str], old: str, new: str,
                          since: float, value: float | None, notified: bool) -> bool:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            won = alert_state.transition(db, "?", key, old, new, since, value, notified)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return won
+        with self._writing() as db:
+            return alert_state.transition(db, "?", key, old, new, since, value, notified)
 
     def alert_notified(self, key: tuple[str, str, str, str], state: str, since: float) -> None:
         alert_state.mark_notified(self._connection(), "?", key, state, since)

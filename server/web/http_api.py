@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
@@ -36,6 +36,10 @@ from sensor_edge.server.outputs.live import LIVE_PATH
 from sensor_edge.server.web.hosts import same_origin
 from sensor_edge.contract.protocol import STREAM_PATH
 from sensor_edge.server.storage import READING_COLUMNS, ReadingQuery, Storage, iter_newest
+from sensor_edge.server.storage.retention import DAY
+from sensor_edge.server.storage.rollups import (
+    BUCKET_LIMIT, DEFAULT_POINTS, MAX_POINTS, MIN_POINTS, RAW, ROLLUP_COLUMNS, TIER_NAMES,
+    SeriesQuery)
 
 if TYPE_CHECKING:
     from sensor_edge.config.model import CollectorConfig
@@ -78,6 +82,8 @@ class Web:
     connections: ConnectionBudget  # the WebSocket budgets, agents' and browsers'
     # Runs a blocking read-and-encode on a reader thread, its chunks as they come.
     stream: Callable[[Callable[[], Iterator[bytes]]], AsyncGenerator[bytes, None]]
+    # Runs a blocking storage read on a reader thread: read(function, *args).
+    read: Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -262,20 +268,32 @@ async def _answer(web: Web, request: Request,
     if path == "/api/alerts":
         return respond_json(200, {"alerts": web.alerts.as_json()})
     if path in ("/api/readings", "/api/readings.csv"):
-        query = reading_query(parse_qs(url.query, keep_blank_values=False))
-        return await readings(web, query, as_csv=path.endswith(".csv"))
+        params = parse_qs(url.query, keep_blank_values=False)
+        query = reading_query(params)
+        tier = csv_tier(params) if path.endswith(".csv") else RAW
+        return await readings(web, query, as_csv=path.endswith(".csv"), tier=tier)
+    if path == "/api/series":
+        query = series_query(parse_qs(url.query, keep_blank_values=False), web)
+        try:
+            series = await web.read(web.storage.series, query)
+        except Exception as e:
+            log.warning("cannot read series for the API: %s", e)
+            return respond_json(503, {"error": "storage_unavailable",
+                                      "detail": "the series cannot be read right now"})
+        return respond_json(200, series)
     asset = dashboard.asset(path)
     if asset is not None:
         return respond(200, *asset)
     return respond_json(404, {"error": "not_found", "detail": f"no such endpoint: {path[:100]}"})
 
 
-async def readings(web: Web, query: ReadingQuery,
-                   as_csv: bool) -> Response | StreamedResponse:
-    """`/api/readings` or `.csv`: read and encoded on a reader thread, sent as it comes."""
+async def readings(web: Web, query: ReadingQuery, as_csv: bool,
+                   tier: str = RAW) -> Response | StreamedResponse:
+    """`/api/readings` or `.csv` (of a rollup tier's rows with ``tier``): read and
+    encoded on a reader thread, sent as it comes."""
     if as_csv:
         produce = functools.partial(csv_chunks, web.storage, query,
-                                    counted_in(web.metrics.escaped_names))
+                                    counted_in(web.metrics.escaped_names), tier)
     else:
         produce = functools.partial(json_chunks, web.storage, query)
     chunks = web.stream(produce)
@@ -327,12 +345,19 @@ def json_chunks(storage: Storage, query: ReadingQuery) -> Iterator[bytes]:
         yield opening + b"]}"
 
 
-def csv_chunks(storage: Storage, query: ReadingQuery,
-               neutralised: Callable[[str], None]) -> Iterator[bytes]:
-    """The readings as CSV, in export's format, formula cells neutralised (on a reader thread)."""
-    with closing(iter_newest(storage, query)) as rows:
-        for text in csv_lines(rows, neutralised):
-            yield text.encode()
+def csv_chunks(storage: Storage, query: ReadingQuery, neutralised: Callable[[str], None],
+               tier: str = RAW) -> Iterator[bytes]:
+    """The readings (or a tier's newest rollups) as CSV, in export's format, formula
+    cells neutralised (on a reader thread)."""
+    if tier == RAW:
+        with closing(iter_newest(storage, query)) as rows:
+            for text in csv_lines(rows, neutralised):
+                yield text.encode()
+        return
+    # At most `limit` rollup rows: read whole.
+    rows = [tuple(row[c] for c in ROLLUP_COLUMNS) for row in storage.rollup_rows(query, tier)]
+    for text in csv_lines(rows, neutralised, ROLLUP_COLUMNS):
+        yield text.encode()
 
 
 def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
@@ -370,3 +395,32 @@ def reading_query(params: dict[str, list[str]]) -> ReadingQuery:
         limit = int(limit_raw)
     return ReadingQuery(agent=name("agent"), sensor=name("sensor"), metric=name("metric"),
                         since=seconds("since"), until=seconds("until"), limit=limit)
+
+
+def csv_tier(params: dict[str, list[str]]) -> str:
+    """`/api/readings.csv?tier=`: raw readings (the default) or a rollup tier."""
+    tier = params.get("tier", [RAW])[-1]
+    if tier not in TIER_NAMES:
+        raise BadRequest(f"tier must be one of {', '.join(TIER_NAMES)}")
+    return tier
+
+
+def series_query(params: dict[str, list[str]], web: Web) -> SeriesQuery:
+    """The `/api/series` parameters, checked: those of `/api/readings` but `limit`, and
+    `points`. `until` defaults to now, `since` to a day before `until`."""
+    base = reading_query({k: v for k, v in params.items() if k != "limit"})
+    now = time.time()
+    until = min(base.until if base.until is not None else now, BUCKET_LIMIT)
+    since = max(base.since if base.since is not None else until - DAY, -BUCKET_LIMIT)
+    if since > until:
+        raise BadRequest("since must not be after until")
+    points = DEFAULT_POINTS
+    raw = params.get("points", [None])[-1]
+    if raw is not None:
+        if not (raw.isascii() and raw.isdigit()) or not MIN_POINTS <= int(raw) <= MAX_POINTS:
+            raise BadRequest(f"points must be a whole number from {MIN_POINTS} to {MAX_POINTS}")
+        points = int(raw)
+    days = web.config.retention_days
+    return SeriesQuery(agent=base.agent, sensor=base.sensor, metric=base.metric, since=since,
+                       until=until, points=points,
+                       raw_since=None if days is None else now - days * DAY)

@@ -1,11 +1,16 @@
 // The collector's dashboard: every agent's health and, per sensor, the latest
-// value and a chart of the last hours. History comes from /api/readings once per
-// (re)connection; after that everything arrives over the /v1/live WebSocket.
+// value and a chart of the chosen range (the last hour to the last year): the mean
+// with a min/max band, from /api/series (which reads raw readings or the 1-minute or
+// 1-hour rollups, as the range needs) on each (re)connection and range change.
+// Everything else arrives over the /v1/live WebSocket, and for ranges up to a day
+// each stored reading is appended to its chart as it comes.
 // Every text from the collector is set with textContent, never parsed as HTML.
 "use strict";
 
 (function () {
-  const HISTORY_LIMIT = 50000;   // newest readings fetched per agent for the charts
+  const LIVE_RANGE = 24 * 3600;  // s: up to this range, live readings are appended
+  const RELOAD_EVERY = 60000;    // ms: longer ranges reload their points this often
+  const MAX_HOURS = 366 * 24;    // the longest range ?hours= may ask for
   const RECONNECT_MAX = 10000;   // ms between two tries, at most
   const FAILING = 3;             // failed reads in a row that mark a sensor as failing
   // One colour per kind of reading, the same on every agent's card.
@@ -167,8 +172,9 @@
     const chart = el("div", "chart");
     const reads = el("div", "reads", "");
     root.append(name, line, chart, reads);
-    t = { c, sensor, metric, unit, root, value, age, chart, reads, xs: [], ys: [],
-      lastTs: null, plot: null, color: colorFor(metric) };
+    // One point per step: time, min, mean, max (a live reading is a point of its own).
+    t = { c, sensor, metric, unit, root, value, age, chart, reads, xs: [], lo: [], avg: [],
+      hi: [], lastTs: null, plot: null, color: colorFor(metric) };
     c.tiles.set(key, t);
     root.dataset.color = t.color;
     // Tiles in (sensor, metric) order.
@@ -207,13 +213,26 @@
       ],
       series: [
         {},
+        { stroke: "transparent", width: 0, points: { show: false } },  // min
         {
-          stroke: t.color, width: 1.5, fill: t.color + "1a", points: { show: false },
+          stroke: t.color, width: 1.5, points: { show: false },
           paths: digital ? uPlot.paths.stepped({ align: 1 }) : undefined,
         },
+        { stroke: "transparent", width: 0, points: { show: false } },  // max
       ],
+      // The band between each step's max and min, around the mean.
+      bands: [{ series: [3, 1], fill: t.color + "33" }],
     };
-    return new uPlot(opts, [t.xs, t.ys], t.chart);
+    return new uPlot(opts, data(t), t.chart);
+  }
+
+  function data(t) {
+    return [t.xs, t.lo, t.avg, t.hi];
+  }
+
+  function clear(t) {
+    t.xs = []; t.lo = []; t.avg = []; t.hi = [];
+    t.root.dataset.points = "0";
   }
 
   function metricIsDigital(metric) {
@@ -227,23 +246,25 @@
     t.root.dataset.ts = String(ts);
   }
 
+  function addPoint(t, ts, lo, avg, hi) {
+    let i = t.xs.length;
+    // Late (a backlog draining after an outage): keep the series sorted.
+    while (i > 0 && t.xs[i - 1] > ts) i--;
+    t.xs.splice(i, 0, ts);
+    t.lo.splice(i, 0, lo);
+    t.avg.splice(i, 0, avg);
+    t.hi.splice(i, 0, hi);
+  }
+
   function addReading(r) {
     const c = card(r.agent);
     const t = tile(c, r.sensor, r.metric, r.unit);
-    const n = t.xs.length;
-    if (n === 0 || r.ts >= t.xs[n - 1]) {
-      t.xs.push(r.ts);
-      t.ys.push(r.value);
-    } else {
-      // Late (a backlog draining after an outage): keep the series sorted.
-      let i = n;
-      while (i > 0 && t.xs[i - 1] > r.ts) i--;
-      t.xs.splice(i, 0, r.ts);
-      t.ys.splice(i, 0, r.value);
+    if (windowSeconds <= LIVE_RANGE) {
+      addPoint(t, r.ts, r.value, r.value, r.value);
+      dirty.add(t);
+      schedule();
     }
     if (t.lastTs == null || r.ts >= t.lastTs) showLatest(t, r.value, r.ts);
-    dirty.add(t);
-    schedule();
   }
 
   function schedule() {
@@ -256,12 +277,9 @@
     for (const t of dirty) {
       // Forget what slid out of the window, in one cut.
       let cut = 0;
-      while (cut < t.xs.length && t.xs[cut] < start) cut++;
-      if (cut) {
-        t.xs.splice(0, cut);
-        t.ys.splice(0, cut);
-      }
-      t.plot.setData([t.xs, t.ys]);
+      while (cut < t.xs.length && t.xs[cut] < start - (t.step || 0)) cut++;
+      if (cut) for (const list of data(t)) list.splice(0, cut);
+      t.plot.setData(data(t));
     }
     dirty = new Set();
   }
@@ -293,14 +311,33 @@
     return response.json();
   }
 
+  // Points per chart: about one per pixel of its width.
+  function chartPoints() {
+    const width = main.querySelector(".chart")?.clientWidth || 300;
+    return Math.max(100, Math.min(2000, Math.round(width)));
+  }
+
   async function loadHistory() {
-    const since = now() - windowSeconds;
+    const until = now();
+    const since = until - windowSeconds;
     const list = (await getJSON("/api/agents")).agents;
     updateAgents(list);
-    const pages = await Promise.all(list.map((a) => getJSON(
-      `/api/readings?agent=${encodeURIComponent(a.id)}&since=${since}&limit=${HISTORY_LIMIT}`)));
-    everyTile((t) => { t.xs = []; t.ys = []; });
-    for (const page of pages) for (const r of page.readings) addReading(r);
+    const answers = await Promise.all(list.map((a) => getJSON(
+      `/api/series?agent=${encodeURIComponent(a.id)}&since=${since}&until=${until}`
+      + `&points=${chartPoints()}`)));
+    everyTile(clear);
+    list.forEach((a, i) => {
+      const c = card(a.id);
+      for (const s of answers[i].series) {
+        const t = tile(c, s.sensor, s.metric, s.unit);
+        for (const [ts, lo, avg, hi] of s.points) addPoint(t, ts, lo, avg, hi);
+        t.step = answers[i].step;
+        t.root.dataset.points = String(s.points.length);
+        t.root.dataset.step = String(answers[i].step);
+      }
+    });
+    everyTile((t) => dirty.add(t));
+    schedule();
   }
 
   function connect() {
@@ -358,7 +395,7 @@
 
   // ---- the page ---------------------------------------------------------
   const wanted = Number(new URLSearchParams(location.search).get("hours"));
-  if (wanted > 0 && wanted <= 24 * 31) {
+  if (wanted > 0 && wanted <= MAX_HOURS) {
     windowSeconds = wanted * 3600;
     if (![...hoursSelect.options].some((o) => Number(o.value) === wanted)) {
       hoursSelect.append(new Option(`${wanted} hours`, String(wanted)));
@@ -383,6 +420,13 @@
     schedule();
     loadAlerts().catch((e) => console.warn("alerts:", e));
   }, 5000);
+
+  // Past a day no live reading is drawn: the points come again, a minute apart.
+  setInterval(() => {
+    if (windowSeconds > LIVE_RANGE && socket && socket.readyState === WebSocket.OPEN) {
+      loadHistory().catch((e) => console.warn("history:", e));
+    }
+  }, RELOAD_EVERY);
 
   new ResizeObserver(() => everyTile((t) => {
     const width = t.chart.clientWidth;
