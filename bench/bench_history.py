@@ -86,6 +86,19 @@ def database_size(url: str) -> int:
                if os.path.exists(url + suffix))
 
 
+def drop_databases(urls: tuple[str, str]) -> None:
+    """PostgreSQL: drop the two databases a run made (SQLite files go with the folder)."""
+    if not urls[0].startswith("postgresql"):
+        return
+    import psycopg
+    from urllib.parse import urlsplit
+
+    with psycopg.connect(urlsplit(urls[0])._replace(path="/postgres").geturl(),
+                         autocommit=True) as db:
+        for url in urls:
+            db.execute(f"DROP DATABASE IF EXISTS {urlsplit(url).path[1:]}")
+
+
 def fresh_databases(storage: str, workdir: Path) -> tuple[str, str]:
     if not storage.startswith("postgresql"):
         return str(workdir / "rollups-on.db"), str(workdir / "rollups-off.db")
@@ -181,17 +194,20 @@ def main() -> None:
         print(f"{args.readings:,} readings: {series} series over {args.days:g} days, one "
               f"reading every {interval:.2f} s per series, {args.batch:,}-reading batches, "
               f"{args.agents} per commit; storage {args.storage.split('://')[0]}")
-        loaded = load(on_url, off_url, args, end)
-        cost = 1 - loaded["on"] / loaded["off"]
-        print(f"ingest, {loaded['stored']:,} readings into each database, same run: "
-              f"rollups on {loaded['on']:,.0f}/s, off {loaded['off']:,.0f}/s "
-              f"(rollups cost {cost:.1%} of throughput)")
-        on_size, off_size = database_size(on_url), database_size(off_url)
-        print(f"database size: {on_size / 2**20:,.0f} MiB with rollups, "
-              f"{off_size / 2**20:,.0f} MiB without (+{on_size / off_size - 1:.1%}), "
-              f"{on_size / loaded['stored']:.0f} bytes per reading")
-        print("GET /api/series, one chart (one series, points=1000), through a collector:")
-        series_latency(on_url, args, end)
+        try:
+            loaded = load(on_url, off_url, args, end)
+            cost = 1 - loaded["on"] / loaded["off"]
+            print(f"ingest, {loaded['stored']:,} readings into each database, same run: "
+                  f"rollups on {loaded['on']:,.0f}/s, off {loaded['off']:,.0f}/s "
+                  f"(rollups cost {cost:.1%} of throughput)")
+            on_size, off_size = database_size(on_url), database_size(off_url)
+            print(f"database size: {on_size / 2**20:,.0f} MiB with rollups, "
+                  f"{off_size / 2**20:,.0f} MiB without (+{on_size / off_size - 1:.1%}), "
+                  f"{on_size / loaded['stored']:.0f} bytes per reading")
+            print("GET /api/series, one chart (one series, points=1000), through a collector:")
+            series_latency(on_url, args, end)
+        finally:
+            drop_databases((on_url, off_url))
 
 
 if __name__ == "__main__":
