@@ -14,7 +14,7 @@ DEFAULT_AGENT_BUFFER = "/var/lib/sensor-agent/buffer.db"
 DEFAULT_MAX_BUFFERED = 1_000_000
 # Seconds: the most a power cut may lose of readings not yet acknowledged. Each
 # sync during an outage costs the SD card a page or more (docs/reliability.md).
-DEFAULT_SYNC_INTERVAL = 60.0
+DEFAULT_SYNC_INTERVAL = 90.0
 DEFAULT_POLL_INTERVAL = 10.0
 DEFAULT_STALE_AFTER = 60.0
 # The 1-minute and 1-hour rollups: ten years.

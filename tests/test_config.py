@@ -69,6 +69,12 @@ def test_agent_defaults_match_the_contract(tmp_path):
     assert config.buffer_path == "/var/lib/sensor-agent/buffer.db"
     assert config.sensors[0].interval == 5.0
     assert config.max_buffered == 1_000_000
+    assert config.sync_interval == 90.0
+
+
+def test_buffer_sync_interval_in_seconds(tmp_path):
+    text = AGENT + "buffer:\n  path: ./b\n  sync_interval: 10s\n"
+    assert load_agent_config(write(tmp_path, text)).sync_interval == 10.0
 
 
 @pytest.mark.parametrize("raw,seconds", [("5", 5.0), ("2.5", 2.5), ('"5s"', 5.0),
@@ -108,6 +114,8 @@ ERRORS = [
     ("bad agent id", AGENT.replace("id: pi-kitchen", "id: pi kitchen!"), 2, "agent.id",
      "not a valid name"),
     ("sensors not a list", AGENT.split("sensors:")[0] + "sensors: 5\n", 6, "sensors", "list"),
+    ("zero sync interval", AGENT + "buffer:\n  sync_interval: 0\n", 12,
+     "buffer.sync_interval", "positive"),
 ]
 
 
