@@ -69,6 +69,11 @@ STEADY8 = [
     {"name": "door-button", "type": "button", "pin": 27, "interval": 0.5},
 ]
 DHT = [{"name": "kitchen-climate", "type": "dht22", "pin": 4, "interval": 2}]
+# The same sensors with the filters a user would put on a slow-moving temperature:
+# a change of 0.5 degrees or more, but at least every 60 s (issue 15's filters).
+TEMPERATURE_FILTERS = [{"round": 1}, {"delta": 0.5}, {"heartbeat": 60}]
+STEADY8_FILTERED = [{**sensor, "filters": TEMPERATURE_FILTERS}
+                    if sensor["type"] == "cpu_temperature" else sensor for sensor in STEADY8]
 DIGITAL_METRICS = {"motion", "pressed"}
 
 
@@ -580,7 +585,7 @@ def load_rows(figs: dict[str, Figures], labels: list[str], targets: dict[str, st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="steady8,dht,outage,drain,floor")
+    p.add_argument("--only", default="steady8,dht,outage,drain,floor,filters")
     p.add_argument("--seconds", type=float, default=60.0, help="measured window per load")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds of start-up left out")
     p.add_argument("--outage-seconds", type=float, default=300.0)
@@ -632,6 +637,19 @@ def main() -> None:
                              if load == "steady8" else "dht: one mock DHT22 every 2 s")
                     print_table(f"{title}, {args.seconds:g} s measured", 
                                 load_rows(figs, labels, targets), shown)
+                elif load == "filters":
+                    # This tree only (the baseline has no filters): the steady8 load plain,
+                    # then filtered; the ratio is what the filters save.
+                    this = sides[-1]
+                    plain = run_load("filters-off", STEADY8, [this], work, args.warmup,
+                                     args.seconds)[this.label]
+                    kept = run_load("filters-on", STEADY8_FILTERED, [this], work, args.warmup,
+                                    args.seconds)[this.label]
+                    print_table(f"filters: the steady8 load, its two temperatures plain, then "
+                                f"with {TEMPERATURE_FILTERS} (this tree), {args.seconds:g} s "
+                                "measured each", load_rows({"plain": plain, "filtered": kept},
+                                                           ["plain", "filtered"], {}),
+                                ["no filters", "filters"])
                 elif load == "outage":
                     figs = run_outage(sides, work, args.warmup, args.outage_seconds)
                     rows = load_rows(figs, labels, {})
